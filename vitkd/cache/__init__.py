@@ -1,1 +1,60 @@
+"""Sparse teacher-logit cache: the teacher runs once, students read its top-K targets by (epoch, sample id).
 
+Write with `SparseLogitWriter` (begin_epoch / write / finish_epoch, one or several ranks), read with
+`open_cache(path)` (`check_compatible`, `require_epochs`, `epoch_for`, `read`), turn targets into dense soft labels
+with `rebuild_soft_labels`. The on-disk layout is described in `vitkd.cache.format`.
+"""
+
+from vitkd.cache.errors import (
+    CacheCorruptionError,
+    CacheFormatError,
+    CacheMismatchError,
+    CacheWriteError,
+    LogitCacheError,
+    MissingEpochError,
+    UnwrittenRecordError,
+)
+from vitkd.cache.format import (
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    dataset_fingerprint,
+    expected_identity,
+    fingerprint_samples,
+    hash_config,
+    hash_state_dict,
+    index_dtype_for,
+    record_dtype,
+    record_size,
+    teacher_identity,
+)
+from vitkd.cache.reader import EpochIntegrity, IntegrityReport, SparseLogitReader, open_cache
+from vitkd.cache.soft_labels import cached_argmax, rebuild_soft_labels
+from vitkd.cache.writer import SparseLogitWriter
+
+__all__ = [
+    "FORMAT_VERSION",
+    "MANIFEST_NAME",
+    "CacheCorruptionError",
+    "CacheFormatError",
+    "CacheMismatchError",
+    "CacheWriteError",
+    "EpochIntegrity",
+    "IntegrityReport",
+    "LogitCacheError",
+    "MissingEpochError",
+    "SparseLogitReader",
+    "SparseLogitWriter",
+    "UnwrittenRecordError",
+    "cached_argmax",
+    "dataset_fingerprint",
+    "expected_identity",
+    "fingerprint_samples",
+    "hash_config",
+    "hash_state_dict",
+    "index_dtype_for",
+    "open_cache",
+    "rebuild_soft_labels",
+    "record_dtype",
+    "record_size",
+    "teacher_identity",
+]

@@ -1,1 +1,17 @@
+"""Loss functions (public API) and the registry of recipe loss terms."""
 
+from vitkd.losses.base import LossNeeds, LossTerm, TermContext
+from vitkd.losses.logits import DeiTDistillationLoss, KDLoss
+from vitkd.losses.registry import LOSS_TERMS, build_loss_terms, register_loss_term, resolve_loss_terms
+
+__all__ = [
+    "DeiTDistillationLoss",
+    "KDLoss",
+    "LOSS_TERMS",
+    "LossNeeds",
+    "LossTerm",
+    "TermContext",
+    "build_loss_terms",
+    "register_loss_term",
+    "resolve_loss_terms",
+]

@@ -1,0 +1,114 @@
+"""Top-1 / top-5 accuracy of a classifier over an evaluation loader."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from vitkd.bench.errors import ClassCountMismatchError
+from vitkd.bench.input_size import model_display_name
+from vitkd.bench.runtime import RuntimeOptions, inference_context, prepare_model
+
+__all__ = ["Accuracy", "dataset_class_count", "evaluate_accuracy", "model_class_count"]
+
+TOP_K = (1, 5)
+
+
+class Accuracy(NamedTuple):
+    """Top-1 and top-5 accuracy in percent (0-100); unpacks as `top1, top5 = evaluate_accuracy(...)`.
+
+    With fewer than 5 classes, "top-5" is top-C (so 100 %).
+    """
+
+    top1: float
+    top5: float
+
+
+def dataset_class_count(loader: Iterable[Any]) -> int | None:
+    """Number of classes the loader's dataset declares (`classes` list or `num_classes`), or `None` if unknown."""
+    for owner in (getattr(loader, "dataset", None), loader):
+        classes = getattr(owner, "classes", None)
+        if classes is not None:
+            return len(classes)
+        num_classes = getattr(owner, "num_classes", None)
+        if isinstance(num_classes, int):
+            return num_classes
+    return None
+
+
+def model_class_count(model: nn.Module) -> int | None:
+    """Width of the model's classifier head (`model.num_classes`, timm's convention), or `None` if not declared."""
+    num_classes = getattr(model, "num_classes", None)
+    return num_classes if isinstance(num_classes, int) else None
+
+
+def _logits(outputs: torch.Tensor | tuple[torch.Tensor, ...] | list[torch.Tensor]) -> torch.Tensor:
+    """`(B, C)` logits; a model returning several heads (class + distillation token) is averaged, as DeiT does."""
+    if isinstance(outputs, (tuple, list)):
+        return torch.stack([head.float() for head in outputs]).mean(dim=0)
+    return outputs.float()
+
+
+def _class_mismatch(model_name: str, model_classes: int, dataset_classes: int, *,
+                    from_labels: bool = False) -> ClassCountMismatchError:
+    dataset_description = (f"labels up to {dataset_classes - 1}, so at least {dataset_classes} classes" if from_labels
+                           else f"{dataset_classes} classes")
+    return ClassCountMismatchError(
+        f"model {model_name!r} has {model_classes} output classes but the evaluation dataset has "
+        f"{dataset_description}; build the model with num_classes={dataset_classes} or evaluate on a matching dataset"
+    )
+
+
+def evaluate_accuracy(model: nn.Module, loader: Iterable[Any], device: str | torch.device = "cpu", *,
+                      model_name: str | None = None, options: RuntimeOptions | None = None,
+                      progress: bool | None = None) -> Accuracy:
+    """Top-1 / top-5 accuracy (percent) of `model` over every batch of `loader`.
+
+    Args:
+        model: classifier mapping `(B, C, H, W)` images to `(B, num_classes)` logits; moved in place to `device`.
+        loader: yields tuples whose first two items are images `(B, C, H, W)` and integer labels `(B,)`; extra
+            items (sample ids, ...) are ignored.
+        device: where to evaluate (ignored when `options` is given; `options.device` wins).
+        model_name: named in errors; defaults to the timm architecture or class name.
+        options: memory format / autocast to evaluate with; default plain fp32 on `device`.
+        progress: show a tqdm bar; `None` shows it only on a terminal.
+
+    Raises:
+        ClassCountMismatchError: the dataset's class count (declared, or implied by a label) differs from the
+            model's head width.
+        ValueError: the loader is empty.
+    """
+    model_name = model_name or model_display_name(model)
+    options = options or RuntimeOptions(device=str(device))
+    model_classes = model_class_count(model)
+    dataset_classes = dataset_class_count(loader)
+    if model_classes is not None and dataset_classes is not None and model_classes != dataset_classes:
+        raise _class_mismatch(model_name, model_classes, dataset_classes)
+
+    runnable = prepare_model(model, options, allow_compile=False)
+    correct = {k: 0 for k in TOP_K}
+    seen = 0
+    with inference_context(options):
+        show_progress = None if progress is None else not progress  # tqdm: disable=None hides it off a terminal
+        for batch in tqdm(loader, desc=f"accuracy {model_name}", unit="batch", disable=show_progress, leave=False):
+            images, labels = batch[0], batch[1]
+            images = images.to(options.torch_device, memory_format=options.memory_format, non_blocking=True)
+            labels = labels.to(options.torch_device, non_blocking=True)  # (B,)
+            logits = _logits(runnable(images))  # (B, num_classes)
+            output_classes = logits.shape[-1]
+            if dataset_classes is not None and dataset_classes != output_classes:
+                raise _class_mismatch(model_name, output_classes, dataset_classes)
+            if labels.numel() and int(labels.max()) >= output_classes:
+                raise _class_mismatch(model_name, output_classes, int(labels.max()) + 1, from_labels=True)
+            top_indices = logits.topk(min(max(TOP_K), output_classes), dim=-1).indices  # (B, k)
+            hits = top_indices.eq(labels.unsqueeze(-1))  # (B, k)
+            for k in TOP_K:
+                correct[k] += int(hits[:, :k].any(dim=-1).sum())
+            seen += labels.numel()
+    if seen == 0:
+        raise ValueError(f"evaluation loader for model {model_name!r} yielded no images")
+    return Accuracy(top1=100.0 * correct[1] / seen, top5=100.0 * correct[5] / seen)

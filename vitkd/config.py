@@ -1,0 +1,375 @@
+"""Typed recipe schema, YAML loading, dotted `key=value` overrides and validation.
+
+A recipe is a YAML file whose keys mirror the dataclasses below. Loading is strict: an unknown key, a value of the
+wrong type, a missing required value or an unknown choice raises `ConfigError` naming the key path (for example
+`data.batch_size`) and what would be valid, before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ConfigError(ValueError):
+    """A recipe or override is invalid; the message names the key path and the valid choices."""
+
+
+@dataclass
+class ModelConfig:
+    """A timm model by name, with timm keyword arguments and optional local weights.
+
+    `checkpoint` may be a `.safetensors`/`.pt` file or a previous vitkd run directory. `mean`/`std` are the input
+    normalisation the model expects; when unset the trainer uses the data normalisation.
+    """
+
+    name: str
+    kwargs: dict = field(default_factory=dict)
+    checkpoint: Optional[str] = None
+    mean: Optional[tuple[float, float, float]] = None
+    std: Optional[tuple[float, float, float]] = None
+
+
+@dataclass
+class TeacherConfig(ModelConfig):
+    """The frozen teacher. `cache` (a sparse-logit cache directory) replaces the live teacher when set."""
+
+    name: str = ""
+    cache: Optional[str] = None
+    cache_epochs_policy: Literal["cycle", "fail"] = "fail"
+
+
+@dataclass
+class DataConfig:
+    """Dataset, augmentation and loader settings. `dataset` is `digits` (bundled, offline) or `folder`."""
+
+    dataset: Literal["digits", "folder"] = "digits"
+    root: Optional[str] = None
+    train_split: str = "train"
+    val_split: str = "val"
+    img_size: int = 224
+    batch_size: int = 128
+    eval_batch_size: Optional[int] = None
+    num_workers: int = 2
+    on_corrupt: Literal["fail", "skip"] = "fail"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    # augmentation (timm create_transform)
+    scale: tuple[float, float] = (0.08, 1.0)
+    hflip: float = 0.5
+    color_jitter: float = 0.4
+    auto_augment: Optional[str] = "rand-m9-mstd0.5-inc1"
+    re_prob: float = 0.25
+    interpolation: str = "bicubic"
+    crop_pct: float = 0.875
+    # mixup / cutmix (timm Mixup) and label smoothing
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    mixup_prob: float = 1.0
+    mixup_switch_prob: float = 0.5
+    label_smoothing: float = 0.1
+
+
+@dataclass
+class LossTermConfig:
+    """One loss term: a registered `name`, a weight (None = the term's paper default) and its parameters."""
+
+    name: str
+    weight: Optional[float] = None
+    params: dict = field(default_factory=dict)
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer and schedule through timm's factories."""
+
+    opt: str = "adamw"
+    lr: float = 5e-4
+    weight_decay: float = 0.05
+    momentum: float = 0.9
+    clip_grad: Optional[float] = None
+    sched: str = "cosine"
+    warmup_epochs: int = 5
+    warmup_lr: float = 1e-6
+    min_lr: float = 1e-5
+
+
+@dataclass
+class TrainConfig:
+    """Loop settings. `amp` is `off`, `auto` (bf16 on CPU, fp16 on CUDA), `bf16` or `fp16`."""
+
+    epochs: int = 300
+    seed: int = 0
+    device: str = "auto"
+    amp: Literal["off", "auto", "bf16", "fp16"] = "off"
+    ema: bool = False
+    ema_decay: float = 0.9998
+    output_dir: str = "runs"
+    tensorboard: bool = False
+    max_steps_per_epoch: Optional[int] = None
+    deterministic: bool = True
+    progress: bool = True
+
+
+@dataclass
+class Recipe:
+    """A whole training recipe."""
+
+    name: str
+    student: ModelConfig
+    teacher: Optional[TeacherConfig] = None
+    data: DataConfig = field(default_factory=DataConfig)
+    losses: list[LossTermConfig] = field(default_factory=lambda: [LossTermConfig(name="ce")])
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.train.output_dir) / self.name
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Building dataclasses from plain dicts with type checks
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is not None:
+        return f"{origin.__name__}[{', '.join(_type_name(a) for a in typing.get_args(tp))}]"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, path: str) -> Any:
+    """Check `value` against the annotation `tp` and convert it (dict -> dataclass, list -> tuple...)."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, path)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{path}: {value!r} is not a valid choice; valid choices: {', '.join(map(repr, choices))}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        return build_dataclass(tp, value, path)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {type(value).__name__} {value!r}")
+        (item_tp,) = typing.get_args(tp)
+        return [_convert(v, item_tp, f"{path}.{i}") for i, v in enumerate(value)]
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{path}: expected a list of {len(args)} values ({_type_name(tp)}), got {value!r}")
+        return tuple(_convert(v, a, f"{path}.{i}") for i, (v, a) in enumerate(zip(value, args)))
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__} {value!r}")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected an integer, got {type(value).__name__} {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected a number, got {type(value).__name__} {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {type(value).__name__} {value!r}")
+        return value
+    raise ConfigError(f"{path}: unsupported type {tp!r}")  # a schema bug, not a user error
+
+
+def _suggest(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def build_dataclass(cls: type, data: Any, path: str = "") -> Any:
+    """Build dataclass `cls` from a mapping, raising `ConfigError` with the key path on any problem."""
+    where = path or "recipe"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping with keys {', '.join(f.name for f in dataclasses.fields(cls))}, "
+                          f"got {type(data).__name__} {data!r}")
+    if cls is LossTermConfig:
+        data = _split_loss_params(data)
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            valid = sorted(fields)
+            raise ConfigError(f"{_join(path, key)}: unknown key{_suggest(str(key), valid)}; valid keys: {', '.join(valid)}")
+    kwargs = {}
+    for name, f in fields.items():
+        if name in data:
+            kwargs[name] = _convert(data[name], hints[name], _join(path, name))
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{_join(path, name)} is required ({_type_name(hints[name])})")
+    return cls(**kwargs)
+
+
+def _split_loss_params(data: dict) -> dict:
+    """Allow `{name: deit, weight: 0.5, mode: hard}`: every key but name/weight/params is a loss parameter."""
+    params = dict(data.get("params") or {})
+    flat = {k: v for k, v in data.items() if k not in ("name", "weight", "params")}
+    params.update(flat)
+    out = {k: v for k, v in data.items() if k in ("name", "weight")}
+    out["params"] = params
+    return out
+
+
+def _join(path: str, key: Any) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Loading, overrides, dumping
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse `a.b.0.c=value` into (['a', 'b', '0', 'c'], value); the value is read as YAML (numbers, lists, null)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form key=value (e.g. train.epochs=10)")
+    key, raw = text.split("=", 1)
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_override(data: dict, keys: list[str], value: Any) -> None:
+    """Set a nested value in the raw recipe dict; list items are addressed by index (losses.1.weight=0.3)."""
+    node: Any = data
+    for depth, key in enumerate(keys[:-1]):
+        node = _child(node, key, keys[: depth + 1], create=True)
+    last = keys[-1]
+    if isinstance(node, list):
+        index = _list_index(node, last, keys)
+        node[index] = value
+    else:
+        node[last] = value
+
+
+def _child(node: Any, key: str, path: list[str], create: bool) -> Any:
+    if isinstance(node, list):
+        return node[_list_index(node, key, path)]
+    if not isinstance(node, dict):
+        raise ConfigError(f"override {'.'.join(path)}: {'.'.join(path[:-1])} is not a mapping")
+    if node.get(key) is None:
+        node[key] = {}
+    return node[key]
+
+
+def _list_index(node: list, key: str, path: list[str]) -> int:
+    try:
+        index = int(key)
+    except ValueError:
+        raise ConfigError(f"override {'.'.join(path)}: '{key}' must be a list index (0..{len(node) - 1})") from None
+    if not -len(node) <= index < len(node):
+        raise ConfigError(f"override {'.'.join(path)}: index {index} out of range; the list has {len(node)} items")
+    return index
+
+
+def load_raw_recipe(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"recipe file {path} is not valid YAML: {error}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe file {path} must contain a mapping at the top level")
+    return data
+
+
+def load_recipe(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                raw: dict | None = None) -> Recipe:
+    """Load a YAML recipe (or a raw dict), apply `key=value` overrides, validate and resolve defaults."""
+    data = load_raw_recipe(path) if path is not None else dict(raw or {})
+    if path is not None and "name" not in data:
+        data["name"] = Path(path).stem
+    for text in overrides:
+        keys, value = parse_override(text)
+        apply_override(data, keys, value)
+    recipe = build_dataclass(Recipe, data)
+    validate_recipe(recipe)
+    return recipe
+
+
+def validate_recipe(recipe: Recipe) -> None:
+    """Semantic checks beyond types: model names, loss names and parameters, value ranges. Resolves weights."""
+    from vitkd.losses.registry import resolve_loss_terms
+    from vitkd.models.factory import check_model_name
+
+    check_model_name(recipe.student.name, "student.name")
+    if recipe.teacher is not None:
+        if not recipe.teacher.name and not recipe.teacher.cache:
+            raise ConfigError("teacher.name is required (or teacher.cache, a sparse-logit cache directory)")
+        if recipe.teacher.name:
+            check_model_name(recipe.teacher.name, "teacher.name")
+    if recipe.data.dataset == "folder" and not recipe.data.root:
+        raise ConfigError("data.root is required when data.dataset is 'folder' (a folder with train/ and val/)")
+    for key in ("img_size", "batch_size"):
+        if getattr(recipe.data, key) <= 0:
+            raise ConfigError(f"data.{key} must be positive, got {getattr(recipe.data, key)}")
+    if recipe.data.num_workers < 0:
+        raise ConfigError(f"data.num_workers must be >= 0, got {recipe.data.num_workers}")
+    if recipe.train.epochs <= 0:
+        raise ConfigError(f"train.epochs must be positive, got {recipe.train.epochs}")
+    if not recipe.losses:
+        raise ConfigError("losses: at least one loss term is required (e.g. - name: ce)")
+    resolve_loss_terms(recipe)
+
+
+def recipe_to_dict(recipe: Recipe) -> dict:
+    """Plain dict of a recipe (tuples as lists) for YAML/JSON dumps and checkpoints."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value
+
+    return plain(dataclasses.asdict(recipe))
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False)

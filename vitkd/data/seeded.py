@@ -1,0 +1,97 @@
+"""Replayable augmentation: every random choice of a sample's transform derives from a per-(epoch, sample) seed.
+
+The seed is a hash of (base seed, epoch, sample id), so the augmented image does not depend on worker count,
+loader order or global RNG state, and anyone can re-create the exact image a teacher saw from the stored seed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from typing import Callable, Iterator, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+
+def augmentation_seed(base_seed: int, epoch: int, sample_id: int) -> int:
+    """A 31-bit seed unique to (base_seed, epoch, sample_id)."""
+    sequence = np.random.SeedSequence([base_seed & 0xFFFFFFFF, epoch, sample_id])
+    return int(sequence.generate_state(1, dtype=np.uint32)[0] & 0x7FFFFFFF)
+
+
+@contextlib.contextmanager
+def seeded_rng(seed: int) -> Iterator[None]:
+    """Seed Python's, NumPy's and torch's CPU RNGs for the block, then restore their previous states."""
+    python_state = random.getstate()
+    numpy_state = np.random.get_state()
+    torch_state = torch.random.get_rng_state()
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+        torch.random.set_rng_state(torch_state)
+
+
+class SeededAugmentDataset(Dataset):
+    """Applies `transform` to `base[i]` under the seed of (base_seed, epoch, i).
+
+    Items: (image (3, H, W) float tensor, label int, sample id int, seed int), or None when the base dataset skipped
+    a corrupt image. Call `set_epoch(epoch)` before each epoch.
+    """
+
+    def __init__(self, base: Dataset, transform: Callable, base_seed: int) -> None:
+        self.base = base
+        self.transform = transform
+        self.base_seed = base_seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def seed_for(self, epoch: int, sample_id: int) -> int:
+        return augmentation_seed(self.base_seed, epoch, sample_id)
+
+    def replay(self, epoch: int, sample_id: int, seed: Optional[int] = None) -> torch.Tensor:
+        """The exact augmented image (3, H, W) of `sample_id` at `epoch` (or under an explicit stored seed)."""
+        item = self.base[sample_id]
+        if item is None:
+            raise ValueError(f"sample {sample_id} is a corrupt image and was skipped")
+        with seeded_rng(self.seed_for(epoch, sample_id) if seed is None else seed):
+            return self.transform(item[0])
+
+    def __getitem__(self, index: int):
+        item = self.base[index]
+        if item is None:
+            return None
+        image, label = item
+        seed = self.seed_for(self.epoch, index)
+        with seeded_rng(seed):
+            tensor = self.transform(image)
+        return tensor, label, index, seed
+
+
+class TransformDataset(Dataset):
+    """Deterministic (eval) transform. Items: (image tensor, label, sample id, 0) or None for a skipped image."""
+
+    def __init__(self, base: Dataset, transform: Callable) -> None:
+        self.base = base
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int):
+        item = self.base[index]
+        if item is None:
+            return None
+        image, label = item
+        return self.transform(image), label, index, 0

@@ -1,0 +1,64 @@
+"""Training checkpoints (atomic, resumable) and the student-only export.
+
+Training checkpoints hold only tensors and plain Python values, so `torch.load(weights_only=True)` reads them.
+The export is a safetensors file that `timm.create_model(name, checkpoint_path=...)` loads without vitkd, plus a
+JSON file with the model name and kwargs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from vitkd import __version__
+from vitkd.models.factory import EXPORT_INFO, EXPORT_WEIGHTS
+
+
+def atomic_write(path: Path, write: Any) -> None:
+    """Call `write(temporary_path)`, then rename into place, so readers never see a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    atomic_write(Path(path), lambda temporary: torch.save(payload, temporary))
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a training checkpoint without unpickling arbitrary objects."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ValueError(f"cannot read checkpoint {path} safely (weights_only=True): {error}") from None
+
+
+def export_student(model: nn.Module, out_dir: Path, model_name: str, model_kwargs: dict,
+                   extra_info: dict | None = None) -> Path:
+    """Write `student.safetensors` (weights only) and `student.json` (name, kwargs, ...) into `out_dir`."""
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    state_dict = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
+    metadata = {"model_name": model_name, "model_kwargs": json.dumps(model_kwargs), "vitkd_version": __version__}
+    weights_path = out_dir / EXPORT_WEIGHTS
+    atomic_write(weights_path, lambda temporary: save_file(state_dict, temporary, metadata=metadata))
+    info = {"model": model_name, "kwargs": model_kwargs, "vitkd_version": __version__, **(extra_info or {})}
+    atomic_write(out_dir / EXPORT_INFO, lambda temporary: Path(temporary).write_text(json.dumps(info, indent=2)))
+    return weights_path

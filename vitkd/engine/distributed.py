@@ -1,0 +1,77 @@
+"""Everything distributed in one place: process group from torchrun's environment, device choice, rank-0 checks,
+metric reduction. Single-process runs go through the same functions with world_size 1."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistributedContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def resolve_device(requested: str, local_rank: int = 0) -> torch.device:
+    """`auto` -> cuda:<local_rank> when available, else cpu. An explicit cuda request without CUDA is an error."""
+    if requested == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(requested)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"train.device={requested} but CUDA is not available here; use train.device=cpu or auto")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device(f"cuda:{local_rank}")
+    return device
+
+
+def init_distributed(requested_device: str = "auto") -> DistributedContext:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1), else a single-process context."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(requested_device, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend=backend)
+    return DistributedContext(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+
+
+def barrier(context: DistributedContext) -> None:
+    if context.enabled and dist.is_initialized():
+        dist.barrier()
+
+
+def reduce_sums(values: dict[str, float], context: DistributedContext) -> dict[str, float]:
+    """Sum each value over ranks (identity in a single process)."""
+    if not (context.enabled and dist.is_initialized()):
+        return dict(values)
+    keys = sorted(values)
+    tensor = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=context.device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return {k: float(v) for k, v in zip(keys, tensor.tolist())}
+
+
+def wrap_for_training(module: torch.nn.Module, context: DistributedContext) -> torch.nn.Module:
+    """DistributedDataParallel when several processes train, else the module itself."""
+    if not context.enabled:
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    device_ids = [context.device.index] if context.device.type == "cuda" else None
+    return DistributedDataParallel(module, device_ids=device_ids)

@@ -1,0 +1,50 @@
+"""What one training step passes to the loss terms: student outputs, teacher outputs and targets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+
+@dataclass
+class StudentOutputs:
+    """One student forward.
+
+    logits: (B, C) class-token head. dist_logits: (B, C) distillation-token head, None for plain students.
+    tokens: layer index -> (B, N_prefix + N, D) tokens of that block (NLC, prefix tokens first).
+    """
+
+    logits: torch.Tensor
+    dist_logits: Optional[torch.Tensor] = None
+    tokens: dict[int, torch.Tensor] = field(default_factory=dict)
+    num_prefix_tokens: int = 0
+    grid_size: Optional[tuple[int, int]] = None
+
+
+@dataclass
+class TeacherOutputs:
+    """One teacher forward, or targets read back from a sparse-logit cache.
+
+    logits: (B, C). From a cache these are log-probabilities of the rebuilt soft label (softmax(logits) == probs).
+    tokens: layer index -> (B, N_prefix + N, D), only from a live teacher.
+    """
+
+    logits: Optional[torch.Tensor] = None
+    tokens: dict[int, torch.Tensor] = field(default_factory=dict)
+    num_prefix_tokens: int = 0
+    grid_size: Optional[tuple[int, int]] = None
+    from_cache: bool = False
+
+
+@dataclass
+class Targets:
+    """Ground truth for one batch.
+
+    labels: (B,) integer classes before Mixup/CutMix. soft: (B, C) mixed and/or smoothed targets when Mixup/CutMix
+    is active, else None.
+    """
+
+    labels: torch.Tensor
+    soft: Optional[torch.Tensor] = None

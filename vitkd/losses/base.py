@@ -1,0 +1,96 @@
+"""The contract between the trainer and loss terms.
+
+A loss term is an `nn.Module` that declares what it needs (`LossNeeds`) and is called once per step with the
+student outputs, the teacher outputs and the targets. The trainer asks each model once for the union of the needs
+of all terms, so adding a method never adds a branch to the trainer.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from vitkd.engine.outputs import StudentOutputs, TeacherOutputs, Targets
+
+
+@dataclass(frozen=True)
+class LossNeeds:
+    """What a loss term reads. Layer indices are resolved (non-negative) block indices."""
+
+    teacher_logits: bool = False
+    dist_logits: bool = False
+    student_layers: tuple[int, ...] = ()
+    teacher_layers: tuple[int, ...] = ()
+
+    @property
+    def live_teacher_tokens(self) -> bool:
+        """Teacher tokens exist only for a live teacher: a sparse-logit cache cannot serve them."""
+        return bool(self.teacher_layers)
+
+    def union(self, other: "LossNeeds") -> "LossNeeds":
+        return LossNeeds(
+            teacher_logits=self.teacher_logits or other.teacher_logits,
+            dist_logits=self.dist_logits or other.dist_logits,
+            student_layers=tuple(sorted(set(self.student_layers) | set(other.student_layers))),
+            teacher_layers=tuple(sorted(set(self.teacher_layers) | set(other.teacher_layers))),
+        )
+
+
+@dataclass
+class TermContext:
+    """What a loss term may look at while it is built: the models and the data settings.
+
+    student_info / teacher_info: `vitkd.models.describe_model` dicts (embed_dim, depth, grid_size, num_prefix_tokens).
+    teacher is None when targets come from a sparse-logit cache.
+    """
+
+    student: nn.Module
+    teacher: Optional[nn.Module]
+    num_classes: int
+    student_info: dict = field(default_factory=dict)
+    teacher_info: dict = field(default_factory=dict)
+    uses_cache: bool = False
+    mixup_active: bool = False
+    label_smoothing: float = 0.0
+    seed: int = 0
+
+
+class LossTerm(nn.Module):
+    """Base class of the recipe's loss terms.
+
+    Subclasses set `needs` in `__init__(self, context, **params)` and implement `forward`, returning a scalar.
+    A term may keep trainable parameters (projections...): they train with the student and are not exported.
+    Terms with several parts put the unweighted parts in `self.last_terms` for logging.
+    """
+
+    needs: LossNeeds = LossNeeds()
+    #: True for distillation terms that DeiT mixes convexly with the ground-truth loss (weights alpha, 1 - alpha).
+    convex_with_ground_truth: bool = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last_terms: dict[str, torch.Tensor] = {}
+
+    @classmethod
+    def default_weight(cls, params: dict[str, Any]) -> float:
+        """The paper's weight for this term given its parameters."""
+        return 1.0
+
+    @classmethod
+    def check_params(cls, params: dict[str, Any], path: str) -> None:
+        """Validate recipe parameters before any model is built; raise ValueError naming `path` on a bad one."""
+        signature = inspect.signature(cls.__init__)
+        valid = [name for name in signature.parameters if name not in ("self", "context")]
+        for key in params:
+            if key not in valid:
+                raise ValueError(f"{path}.{key}: unknown parameter for loss '{cls.registry_name}'; "
+                                 f"valid parameters: {', '.join(valid) or '(none)'}")
+
+    registry_name: str = ""
+
+    def forward(self, student: StudentOutputs, teacher: TeacherOutputs, targets: Targets) -> torch.Tensor:
+        raise NotImplementedError

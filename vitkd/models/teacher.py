@@ -1,0 +1,52 @@
+"""The frozen teacher: eval mode for the whole run, no gradients, its own input normalisation."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+
+class FrozenTeacher(nn.Module):
+    """Wraps a teacher so it can never train.
+
+    `train(True)` on the wrapper (or on a parent module) leaves the teacher in eval mode, so dropout, drop-path and
+    batch-norm statistics stay off for the whole run; parameters have `requires_grad=False`.
+
+    Inputs arrive normalised for the student (mean_s, std_s); when the teacher expects another normalisation the
+    batch is re-normalised: x_t = (x * std_s + mean_s - mean_t) / std_t, per channel.
+    """
+
+    def __init__(self, model: nn.Module, student_mean: Sequence[float], student_std: Sequence[float],
+                 teacher_mean: Optional[Sequence[float]] = None, teacher_std: Optional[Sequence[float]] = None) -> None:
+        super().__init__()
+        self.model = model
+        for parameter in self.model.parameters():
+            parameter.requires_grad_(False)
+        teacher_mean = student_mean if teacher_mean is None else teacher_mean
+        teacher_std = student_std if teacher_std is None else teacher_std
+        self.renormalize = tuple(teacher_mean) != tuple(student_mean) or tuple(teacher_std) != tuple(student_std)
+        # x_t = x * scale + shift, with scale = std_s / std_t and shift = (mean_s - mean_t) / std_t; shapes (1, 3, 1, 1)
+        scale = torch.tensor(student_std) / torch.tensor(teacher_std)
+        shift = (torch.tensor(student_mean) - torch.tensor(teacher_mean)) / torch.tensor(teacher_std)
+        self.register_buffer("scale", scale.view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("shift", shift.view(1, -1, 1, 1), persistent=False)
+        self.model.eval()
+
+    def train(self, mode: bool = True) -> "FrozenTeacher":
+        super().train(mode)
+        self.model.eval()  # re-asserted after every model.train()
+        return self
+
+    def prepare_input(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) student-normalised -> (B, 3, H, W) teacher-normalised."""
+        if not self.renormalize:
+            return images
+        return images * self.scale.to(images.dtype) + self.shift.to(images.dtype)
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> logits (B, C)."""
+        self.model.eval()
+        return self.model(self.prepare_input(images))
