@@ -245,6 +245,10 @@ def _split_loss_params(data: dict) -> dict:
     """Allow `{name: deit, weight: 0.5, mode: hard}`: every key but name/weight/params is a loss parameter."""
     params = dict(data.get("params") or {})
     flat = {k: v for k, v in data.items() if k not in ("name", "weight", "params")}
+    twice = sorted(set(params) & set(flat))
+    if twice:
+        raise ConfigError(f"loss '{data.get('name')}': parameter(s) {twice} given both beside 'name' and under "
+                          f"'params'; give each once")
     params.update(flat)
     out = {k: v for k, v in data.items() if k in ("name", "weight")}
     out["params"] = params
@@ -306,7 +310,9 @@ def _list_index(node: list, key: str, path: list[str]) -> int:
     return index
 
 
-def load_raw_recipe(path: str | Path) -> dict:
+def load_raw_recipe(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict:
+    """Read a recipe file. A `base: other.yaml` key (relative to this file) is loaded first and deep-merged under
+    this file's keys, so recipes that differ in a few keys share one base."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"recipe file {path} does not exist")
@@ -316,7 +322,27 @@ def load_raw_recipe(path: str | Path) -> dict:
         raise ConfigError(f"recipe file {path} is not valid YAML: {error}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"recipe file {path} must contain a mapping at the top level")
-    return data
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    base_path = (path.parent / base).resolve()
+    if base_path in _chain:
+        raise ConfigError(f"recipe file {path}: 'base' chain loops back to {base_path}")
+    return deep_merge(load_raw_recipe(base_path, _chain + (path.resolve(),)), data)
+
+
+def deep_merge(base: dict, update: dict) -> dict:
+    """Mappings merge key by key; any other value (lists included) in `update` replaces the base value.
+
+    `kwargs` mappings (a model's timm arguments) replace wholesale: arguments of one architecture mean nothing to
+    another, so a recipe that changes the model restates its kwargs."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and key != "kwargs":
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def load_recipe(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),

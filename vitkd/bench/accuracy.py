@@ -29,15 +29,33 @@ class Accuracy(NamedTuple):
 
 
 def dataset_class_count(loader: Iterable[Any]) -> int | None:
-    """Number of classes the loader's dataset declares (`classes` list or `num_classes`), or `None` if unknown."""
-    for owner in (getattr(loader, "dataset", None), loader):
+    """Number of classes the loader's dataset declares, or `None` if it declares none.
+
+    Looks for a `classes` list or an integer `num_classes` on the loader, its `dataset`, and any dataset that
+    dataset wraps through a `dataset` or `base` attribute (torch `Subset`, vitkd's transform wrappers).
+    """
+    pending: list[Any] = [loader]
+    visited: set[int] = set()
+    while pending:
+        owner = pending.pop(0)
+        if owner is None or id(owner) in visited:
+            continue
+        visited.add(id(owner))
         classes = getattr(owner, "classes", None)
         if classes is not None:
             return len(classes)
         num_classes = getattr(owner, "num_classes", None)
         if isinstance(num_classes, int):
             return num_classes
+        pending.extend([getattr(owner, "dataset", None), getattr(owner, "base", None)])
     return None
+
+
+def _images_and_labels(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(images, labels)` from a tuple/list batch `(images, labels, ...)` or an object with those attributes."""
+    if hasattr(batch, "images") and hasattr(batch, "labels"):
+        return batch.images, batch.labels
+    return batch[0], batch[1]
 
 
 def model_class_count(model: nn.Module) -> int | None:
@@ -70,8 +88,8 @@ def evaluate_accuracy(model: nn.Module, loader: Iterable[Any], device: str | tor
 
     Args:
         model: classifier mapping `(B, C, H, W)` images to `(B, num_classes)` logits; moved in place to `device`.
-        loader: yields tuples whose first two items are images `(B, C, H, W)` and integer labels `(B,)`; extra
-            items (sample ids, ...) are ignored.
+        loader: yields tuples whose first two items are images `(B, C, H, W)` and integer labels `(B,)` (extra
+            items such as sample ids are ignored), or batch objects with `images` and `labels` attributes.
         device: where to evaluate (ignored when `options` is given; `options.device` wins).
         model_name: named in errors; defaults to the timm architecture or class name.
         options: memory format / autocast to evaluate with; default plain fp32 on `device`.
@@ -93,16 +111,18 @@ def evaluate_accuracy(model: nn.Module, loader: Iterable[Any], device: str | tor
     correct = {k: 0 for k in TOP_K}
     seen = 0
     with inference_context(options):
-        show_progress = None if progress is None else not progress  # tqdm: disable=None hides it off a terminal
-        for batch in tqdm(loader, desc=f"accuracy {model_name}", unit="batch", disable=show_progress, leave=False):
-            images, labels = batch[0], batch[1]
+        hide_progress = None if progress is None else not progress  # tqdm: disable=None hides it off a terminal
+        for batch in tqdm(loader, desc=f"accuracy {model_name}", unit="batch", disable=hide_progress, leave=False):
+            images, labels = _images_and_labels(batch)
+            if labels.numel() == 0:  # every image of the batch was skipped (e.g. corrupt files)
+                continue
             images = images.to(options.torch_device, memory_format=options.memory_format, non_blocking=True)
             labels = labels.to(options.torch_device, non_blocking=True)  # (B,)
             logits = _logits(runnable(images))  # (B, num_classes)
             output_classes = logits.shape[-1]
             if dataset_classes is not None and dataset_classes != output_classes:
                 raise _class_mismatch(model_name, output_classes, dataset_classes)
-            if labels.numel() and int(labels.max()) >= output_classes:
+            if int(labels.max()) >= output_classes:
                 raise _class_mismatch(model_name, output_classes, int(labels.max()) + 1, from_labels=True)
             top_indices = logits.topk(min(max(TOP_K), output_classes), dim=-1).indices  # (B, k)
             hits = top_indices.eq(labels.unsqueeze(-1))  # (B, k)

@@ -166,9 +166,9 @@ def time_forward(forward: Callable[[], Any], *, batch_size: int, settings: Timin
     )
 
 
-def measure_latency(model: nn.Module, input_size: InputSize, batch_size: int, options: RuntimeOptions = RuntimeOptions(),
-                    settings: TimingSettings = TimingSettings(), *, clock: Clock = time.perf_counter,
-                    prepared: nn.Module | None = None) -> TimingResult:
+def measure_latency(model: nn.Module, input_size: InputSize, batch_size: int,
+                    options: RuntimeOptions = RuntimeOptions(), settings: TimingSettings = TimingSettings(), *,
+                    clock: Clock = time.perf_counter, prepared: nn.Module | None = None) -> TimingResult:
     """Time forwards of a fixed random `(batch_size, *input_size)` batch through `model`.
 
     Args:

@@ -12,6 +12,7 @@ from vitkd.cache.errors import (
     CacheWriteError,
     LogitCacheError,
     MissingEpochError,
+    SkippedSampleError,
     UnwrittenRecordError,
 )
 from vitkd.cache.format import (
@@ -43,6 +44,7 @@ __all__ = [
     "LogitCacheError",
     "MissingEpochError",
     "SparseLogitReader",
+    "SkippedSampleError",
     "SparseLogitWriter",
     "UnwrittenRecordError",
     "cached_argmax",

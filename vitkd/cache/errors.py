@@ -50,6 +50,22 @@ class UnwrittenRecordError(CacheCorruptionError):
     """Records that were never written (all bytes zero: a hole in the file) were requested."""
 
 
+class SkippedSampleError(LogitCacheError, LookupError):
+    """Requested samples have no teacher targets: the caching run skipped them (e.g. unreadable images).
+
+    Attributes:
+        file: the epoch file.
+        epoch: the cached epoch.
+        sample_ids: the skipped sample ids that were requested.
+    """
+
+    def __init__(self, message: str, *, file: str, epoch: int, sample_ids: Sequence[int]):
+        super().__init__(message)
+        self.file = file
+        self.epoch = epoch
+        self.sample_ids = list(sample_ids)
+
+
 class MissingEpochError(LogitCacheError, LookupError):
     """A training epoch has no cached teacher targets under the chosen policy."""
 

@@ -21,7 +21,8 @@ The CRC32 covers `epoch (uint32 LE) || sample_id (uint64 LE) || record bytes 0 .
 epoch and sample id into the checksum means a record copied to the wrong offset or the wrong epoch file fails its
 check just like a flipped bit. A record that was never written is all zero bytes; its stored CRC (0) cannot match
 because no valid record is all zero (its top-1 probability is positive), and it is reported as "never written"
-rather than "corrupted".
+rather than "corrupted". A record with a valid CRC whose K values are all zero marks a sample the teacher never
+saw in that epoch (the caching run skipped it, e.g. an unreadable image); reading it raises `SkippedSampleError`.
 """
 
 from __future__ import annotations
@@ -159,6 +160,11 @@ def record_checksums(records: np.ndarray, epoch: int, sample_ids: np.ndarray) ->
         dtype=np.uint32,
         count=count,
     )
+
+
+def skipped_mask(records: np.ndarray) -> np.ndarray:
+    """[B] bool: True where a (CRC-valid) record marks a skipped sample, i.e. all its K values are zero."""
+    return ~records["values"].any(axis=1)
 
 
 def unwritten_mask(records: np.ndarray) -> np.ndarray:
@@ -310,6 +316,7 @@ def build_manifest(
         "dataset": normalise_json_value(dict(dataset)),
         "augmentation_hash": str(augmentation_hash),
         "completed_epochs": [],
+        "skipped_samples": {},  # epoch (as text) -> number of samples the caching run skipped in it
     }
 
 
@@ -371,8 +378,12 @@ def validate_manifest(manifest: Any, path: str | os.PathLike) -> None:
             f"(expected {expected_size} bytes)"
         )
     epochs = manifest["completed_epochs"]
-    if not isinstance(epochs, list) or not all(isinstance(e, int) and not isinstance(e, bool) and e >= 0 for e in epochs):
+    if not isinstance(epochs, list) or not all(_is_epoch_number(epoch) for epoch in epochs):
         raise CacheFormatError(f"{path}: 'completed_epochs' must be a list of non-negative integers, found {epochs!r}")
+
+
+def _is_epoch_number(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def write_manifest_atomic(cache_dir: str | os.PathLike, manifest: Mapping[str, Any]) -> None:

@@ -17,7 +17,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from vitkd.cache.errors import CacheCorruptionError, CacheFormatError, MissingEpochError, UnwrittenRecordError
+from vitkd.cache.errors import (
+    CacheCorruptionError,
+    CacheFormatError,
+    MissingEpochError,
+    SkippedSampleError,
+    UnwrittenRecordError,
+)
 from vitkd.cache.format import (
     MANIFEST_NAME,
     epoch_file_name,
@@ -27,6 +33,7 @@ from vitkd.cache.format import (
     mismatch_error,
     record_checksums,
     record_dtype,
+    skipped_mask,
     unwritten_mask,
     utc_now,
 )
@@ -53,6 +60,7 @@ class EpochIntegrity:
         num_records: records scanned.
         corrupted_ids: sample ids whose CRC32 fails.
         unwritten_ids: sample ids whose record is all zero (never written).
+        skipped_ids: sample ids the caching run skipped on purpose (not a failure; reading them raises).
     """
 
     epoch: int
@@ -61,6 +69,7 @@ class EpochIntegrity:
     num_records: int = 0
     corrupted_ids: list[int] = field(default_factory=list)
     unwritten_ids: list[int] = field(default_factory=list)
+    skipped_ids: list[int] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -69,14 +78,15 @@ class EpochIntegrity:
     def to_text(self) -> str:
         if self.problem is not None:
             return f"epoch {self.epoch}: FAILED - {self.problem}"
+        skipped = f", {len(self.skipped_ids)} skipped samples ({_shown(self.skipped_ids)})" if self.skipped_ids else ""
         if self.ok:
-            return f"epoch {self.epoch}: ok ({self.num_records} records, {self.file.name})"
+            return f"epoch {self.epoch}: ok ({self.num_records} records{skipped}, {self.file.name})"
         parts = []
         if self.corrupted_ids:
             parts.append(f"{len(self.corrupted_ids)} records fail CRC32 (sample ids {_shown(self.corrupted_ids)})")
         if self.unwritten_ids:
             parts.append(f"{len(self.unwritten_ids)} records never written (sample ids {_shown(self.unwritten_ids)})")
-        return f"epoch {self.epoch}: FAILED - {self.file.name}: " + "; ".join(parts)
+        return f"epoch {self.epoch}: FAILED - {self.file.name}: " + "; ".join(parts) + skipped
 
 
 @dataclass
@@ -213,6 +223,7 @@ class SparseLogitReader:
             MissingEpochError: `epoch` is not cached.
             CacheCorruptionError: a record fails its CRC32 (message names file, epoch and sample ids).
             UnwrittenRecordError: a record was never written (all zero).
+            SkippedSampleError: the caching run skipped a requested sample (`mark_skipped`), so it has no targets.
         """
         if isinstance(sample_ids, torch.Tensor):
             sample_ids = sample_ids.detach().to("cpu").numpy()
@@ -234,10 +245,18 @@ class SparseLogitReader:
     def _check_records(self, epoch: int, ids: np.ndarray, records: np.ndarray) -> None:
         if records.shape[0] == 0:
             return
+        file = str(self.epoch_file(epoch))
         failing = record_checksums(records, epoch, ids) != records["crc"]
         if not failing.any():
+            skipped = skipped_mask(records)
+            if skipped.any():
+                bad_ids = np.unique(ids[skipped])
+                raise SkippedSampleError(
+                    f"epoch file {file} (epoch {epoch}): sample ids {_shown(bad_ids)} were skipped when the cache was "
+                    "built (e.g. unreadable images), so they have no teacher targets; skip them in training too.",
+                    file=file, epoch=epoch, sample_ids=bad_ids.tolist(),
+                )
             return
-        file = str(self.epoch_file(epoch))
         unwritten = failing & unwritten_mask(records)
         if unwritten.any():
             bad_ids = np.unique(ids[unwritten])
@@ -350,6 +369,7 @@ class SparseLogitReader:
                         unwritten = failing & unwritten_mask(chunk)
                         result.unwritten_ids.extend(ids[unwritten].tolist())
                         result.corrupted_ids.extend(ids[failing & ~unwritten].tolist())
+                    result.skipped_ids.extend(ids[~failing & skipped_mask(chunk)].tolist())
                     result.num_records += chunk.shape[0]
                     bar.update(chunk.shape[0])
         report = IntegrityReport(cache_dir=self.path, epochs=results)

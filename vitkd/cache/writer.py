@@ -33,6 +33,7 @@ from vitkd.cache.format import (
     record_checksums,
     record_dtype,
     shard_entry_dtype,
+    skipped_mask,
     shard_file_name,
     utc_now,
     write_manifest_atomic,
@@ -77,6 +78,9 @@ class SparseLogitWriter:
             for images, sample_ids, seeds in loader:          # this rank's samples, each exactly once
                 writer.write(sample_ids, seeds, teacher(images).softmax(-1))
             writer.finish_epoch()                              # collective: every rank must call it
+
+    Samples the loader drops (unreadable images) are recorded with `mark_skipped(ids)`, or by passing their count as
+    `finish_epoch(allow_missing=n)`; reading them later raises `SkippedSampleError`.
 
     Args:
         path: cache directory (created if needed).
@@ -308,12 +312,37 @@ class SparseLogitWriter:
         records["seed"] = seed_array
         records["values"] = value_array
         records["indices"] = index_array
+        self._append(ids, records)
+
+    def mark_skipped(self, sample_ids: torch.Tensor | np.ndarray | Sequence[int]) -> None:
+        """Record that the teacher did not see these samples this epoch (e.g. the loader skipped unreadable images).
+
+        They count as written for the exactly-once check; reading them later raises `SkippedSampleError` instead of
+        returning made-up targets. See also `finish_epoch(allow_missing=...)` when the skipped ids are not known.
+
+        Args:
+            sample_ids: [B] integer sample ids in [0, num_samples).
+        """
+        if self._epoch is None:
+            raise CacheWriteError("mark_skipped() called outside an epoch; call begin_epoch(epoch) first")
+        ids = _to_numpy(sample_ids, "sample_ids")
+        if ids.ndim != 1 or not (np.issubdtype(ids.dtype, np.integer) or ids.size == 0):
+            raise ValueError(f"sample_ids must be a 1-D integer array, got shape {ids.shape} dtype {ids.dtype}")
+        bad = np.flatnonzero((ids < 0) | (ids >= self.num_samples))
+        if bad.size:
+            raise ValueError(f"sample ids out of range [0, {self.num_samples}): {_shown(ids[bad])}")
+        self._append(ids.astype(np.int64), np.zeros(ids.shape[0], dtype=self.record_dtype))
+
+    def _append(self, ids: np.ndarray, records: np.ndarray) -> None:
+        """Checksum `records` [B] for `ids` [B] and append them to this rank's shard."""
+        if ids.shape[0] == 0:
+            return
         records["crc"] = record_checksums(records, self._epoch, ids)
-        entries = np.empty(batch, dtype=self._entry_dtype)
+        entries = np.empty(ids.shape[0], dtype=self._entry_dtype)
         entries["sample_id"] = ids
         entries["record"] = records
         self._shard_stream.write(entries.tobytes())
-        self.records_written += batch
+        self.records_written += ids.shape[0]
 
     def _check_batch(self, ids: np.ndarray, seeds: np.ndarray, values: np.ndarray, indices: np.ndarray) -> int:
         """Validate one batch; returns B."""
@@ -336,7 +365,7 @@ class SparseLogitWriter:
         if bad.size:
             raise ValueError(f"seeds must fit uint32 [0, 2**32); sample ids {_shown(ids[bad])} have "
                              f"{_shown(seeds[bad])}")
-        as_float = values.astype(np.float32)
+        as_float = values.astype(np.float16).astype(np.float32)  # judged as stored
         row_ok = (np.isfinite(as_float).all(axis=1) & (as_float >= 0).all(axis=1)
                   & (as_float <= 1 + PROBABILITY_TOLERANCE).all(axis=1)
                   & (as_float.sum(axis=1) <= 1 + PROBABILITY_TOLERANCE))
@@ -346,6 +375,10 @@ class SparseLogitWriter:
                 f"values must be probabilities (each in [0, 1], top-K summing to <= 1); sample ids {_shown(ids[bad])} "
                 "are not. Pass teacher_logits.softmax(-1), not logits."
             )
+        bad = np.flatnonzero(as_float.max(axis=1) <= 0)
+        if bad.size:  # all-zero values are the skipped-sample marker; a real top-1 probability is >= 1 / C
+            raise ValueError(f"all K values are zero for sample ids {_shown(ids[bad])}; use mark_skipped() for samples "
+                             "the teacher did not see")
         bad = np.flatnonzero(((indices < 0) | (indices >= self.num_classes)).any(axis=1))
         if bad.size:
             raise ValueError(f"class indices out of range [0, {self.num_classes}) for sample ids {_shown(ids[bad])}")
@@ -356,11 +389,16 @@ class SparseLogitWriter:
                 raise ValueError(f"repeated class indices within a row for sample ids {_shown(ids[bad])}")
         return batch
 
-    def finish_epoch(self) -> Path:
+    def finish_epoch(self, allow_missing: int = 0) -> Path:
         """Finalise the current epoch (collective: every rank must call it once its samples are written).
 
         Waits for all ranks; rank 0 merges the shards into the epoch file, checks coverage and checksums, renames it
         into place and records the epoch in the manifest; all ranks wait for that before returning.
+
+        Args:
+            allow_missing: at most this many never-written sample ids are stored as skipped (as by `mark_skipped`,
+                e.g. for corrupt images the loader dropped) instead of failing; the manifest's `skipped_samples`
+                counts them per epoch. Only rank 0's value is used. Repeated ids always fail.
 
         Returns:
             path of the finished epoch file.
@@ -376,7 +414,7 @@ class SparseLogitWriter:
         failure: BaseException | None = None
         if self.rank == 0:
             try:
-                self._merge_and_publish(epoch)
+                self._merge_and_publish(epoch, allow_missing)
             except BaseException as error:  # noqa: BLE001 - re-raised after the other ranks are released
                 failure = error
         self._wait_for_all_ranks()
@@ -430,16 +468,21 @@ class SparseLogitWriter:
             if stale.name not in current:  # shards of another world size; ours are truncated by their owners
                 stale.unlink(missing_ok=True)
 
-    def _merge_and_publish(self, epoch: int) -> None:
+    def _merge_and_publish(self, epoch: int, allow_missing: int) -> None:
         shard_paths = [self._shard_path(epoch, rank) for rank in range(self.world_size)]
         temp_path = self.path / epoch_temp_name(epoch)
         try:
-            self._merge_shards(epoch, shard_paths, temp_path)
+            skipped = self._merge_shards(epoch, shard_paths, temp_path, allow_missing)
             final_path = self.path / epoch_file_name(epoch)
             os.replace(temp_path, final_path)
             fsync_directory(self.path)
             manifest = load_manifest(self.path)
             manifest["completed_epochs"] = sorted(set(manifest["completed_epochs"]) | {epoch})
+            skipped_counts = {key: value for key, value in manifest.get("skipped_samples", {}).items()
+                              if key != str(epoch)}
+            if skipped:
+                skipped_counts[str(epoch)] = skipped
+            manifest["skipped_samples"] = dict(sorted(skipped_counts.items(), key=lambda item: int(item[0])))
             manifest["updated_time"] = utc_now()
             write_manifest_atomic(self.path, manifest)
         finally:
@@ -447,8 +490,12 @@ class SparseLogitWriter:
             for shard_path in shard_paths:
                 shard_path.unlink(missing_ok=True)
 
-    def _merge_shards(self, epoch: int, shard_paths: Sequence[Path], temp_path: Path) -> None:
-        """Scatter all shard entries into `temp_path` by sample id; check exactly-once coverage and every CRC."""
+    def _merge_shards(self, epoch: int, shard_paths: Sequence[Path], temp_path: Path, allow_missing: int) -> int:
+        """Scatter all shard entries into `temp_path` by sample id; check exactly-once coverage and every CRC.
+
+        Returns:
+            the number of skipped samples in the epoch (marked, or missing and allowed).
+        """
         entry_size, size = self._entry_dtype.itemsize, self.record_dtype.itemsize
         for shard_path in shard_paths:
             if not shard_path.is_file():
@@ -477,17 +524,25 @@ class SparseLogitWriter:
                 merged[ids] = chunk["record"]
             del entries
         missing, repeated = np.flatnonzero(counts == 0), np.flatnonzero(counts > 1)
+        if missing.size and missing.size <= allow_missing and not repeated.size:
+            filler = np.zeros(missing.size, dtype=self.record_dtype)  # skipped-sample records
+            filler["crc"] = record_checksums(filler, epoch, missing)
+            merged[missing] = filler
+            missing = missing[:0]
         if missing.size or repeated.size:
             problems = []
             if missing.size:
-                problems.append(f"{missing.size} sample ids never written ({_shown(missing)})")
+                allowance = f", allow_missing={allow_missing}" if allow_missing else ""
+                problems.append(f"{missing.size} sample ids never written ({_shown(missing)}{allowance})")
             if repeated.size:
                 problems.append(f"{repeated.size} sample ids written more than once ({_shown(repeated)})")
             raise CacheWriteError(
                 f"epoch {epoch} of {self.path}: every sample id in [0, {self.num_samples}) must be written exactly "
-                f"once over all {self.world_size} rank(s); " + "; ".join(problems) + ". The epoch was not saved "
-                "(use a sampler that splits the ids without padding or dropping)."
+                f"once over all {self.world_size} rank(s); " + "; ".join(problems) + ". The epoch was not saved. "
+                "Split the ids over ranks without padding or dropping; record samples the loader skips with "
+                "mark_skipped() or finish_epoch(allow_missing=...)."
             )
+        skipped = 0
         for start in range(0, self.num_samples, MERGE_CHUNK_RECORDS):
             chunk = np.asarray(merged[start : start + MERGE_CHUNK_RECORDS])
             ids = np.arange(start, start + chunk.shape[0])
@@ -495,7 +550,9 @@ class SparseLogitWriter:
             if bad.size:
                 raise CacheWriteError(f"epoch {epoch}: records of sample ids {_shown(ids[bad])} fail their CRC32 "
                                       "after merging; a shard file was corrupted on disk")
+            skipped += int(skipped_mask(chunk).sum())
         merged.flush()
         del merged
         with open(temp_path, "rb+") as stream:
             os.fsync(stream.fileno())
+        return skipped

@@ -36,7 +36,7 @@ from torch import nn
 
 from vitkd.models.layer_mapping import resolve_layer_indices
 
-__all__ = ["TappedOutput", "extract_features", "split_prefix"]
+__all__ = ["TappedModel", "TappedOutput", "extract_features", "split_prefix"]
 
 
 @dataclass
@@ -148,6 +148,28 @@ def extract_features(model: nn.Module, images: torch.Tensor, layers: Sequence[in
         normed[index] = final if reuse_final and index == depth - 1 else model.norm(captured[index])
     return TappedOutput(final=final, tokens=tokens, normed_tokens=normed, hooked=hooked, num_prefix_tokens=num_prefix,
                         grid_size=_grid_size(model, images, final, num_prefix), depth=depth)
+
+
+class TappedModel(nn.Module):
+    """``model`` whose ``forward(images)`` is ``extract_features(model, images, layers, ...)``.
+
+    Wrap *this* in ``DistributedDataParallel`` (or ``torch.compile``) when a student is tapped: DDP only prepares
+    its gradient reduction when its own ``forward`` runs, so calling ``extract_features`` on ``ddp.module`` would
+    bypass it. DDP finds the tensors inside the returned ``TappedOutput`` (a dataclass). Save and export
+    ``tapped_model.model``, not the wrapper.
+
+    Input ``(B, C, H_img, W_img)``; output ``TappedOutput``; then ``tapped_model.model.forward_head(out.final)``.
+    """
+
+    def __init__(self, model: nn.Module, layers: Sequence[int], normed_layers: Sequence[int] = (),
+                 hooks: Sequence[str] | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.layers, self.normed_layers = list(layers), list(normed_layers)
+        self.hooks = list(hooks) if hooks else None
+
+    def forward(self, images: torch.Tensor) -> TappedOutput:
+        return extract_features(self.model, images, self.layers, normed_layers=self.normed_layers, hooks=self.hooks)
 
 
 def _store_output(store: dict, key: Any):

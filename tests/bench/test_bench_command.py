@@ -1,0 +1,65 @@
+"""`vitkd bench` arguments end to end on tiny models: table, reports, plot, resume, and user errors."""
+
+import argparse
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+
+from vitkd.bench import ClassCountMismatchError, UnknownModelError, read_records
+from vitkd.bench.command import add_arguments, run
+
+STUDENT = "vit_tiny_patch16_224:img_size=32,patch_size=8,depth=1,num_classes=10"
+TEACHER = "vit_small_patch16_224:img_size=32,patch_size=8,depth=2,num_classes=10"
+QUICK = ["--time-budget", "0.05", "--warmup", "1", "--threads", "1", "--batch-size", "4", "--device", "cpu"]
+
+
+def parse(arguments: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="vitkd bench")
+    add_arguments(parser)
+    return parser.parse_args(arguments)
+
+
+def test_students_against_a_teacher_write_reports_and_plot(tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert run(parse([STUDENT, "--teacher", TEACHER, "--out", str(out), *QUICK])) == 0
+    printed = capsys.readouterr().out
+    assert STUDENT in printed and TEACHER in printed and "Speed-up" in printed
+    records = read_records(out / "bench.json")
+    assert [record.name for record in records] == [TEACHER, STUDENT]
+    assert records[1].teacher == TEACHER
+    assert records[1].param_reduction_vs_teacher > 1
+    assert (out / "bench.csv").is_file() and (out / "bench.md").is_file()
+    assert (out / "bench.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_resume_reuses_finished_models(tmp_path, capsys):
+    out = tmp_path / "bench"
+    run(parse([STUDENT, "--out", str(out), *QUICK]))
+    first = read_records(out / "bench.json")
+    run(parse([STUDENT, "--out", str(out), "--resume", *QUICK]))
+    assert read_records(out / "bench.json") == first  # not re-measured, so identical timings
+
+
+def test_accuracy_on_the_bundled_digits(capsys):
+    assert run(parse([STUDENT, "--dataset", "digits", *QUICK])) == 0
+    printed = capsys.readouterr().out
+    assert "Top-1 %" in printed and "Top-5 %" in printed
+
+
+def test_dataset_with_other_class_count_is_refused():
+    spec = "vit_tiny_patch16_224:img_size=32,patch_size=8,depth=1,num_classes=100"
+    with pytest.raises(ClassCountMismatchError, match=r"100 output classes.*10 classes"):
+        run(parse([spec, "--dataset", "digits", *QUICK]))
+
+
+def test_unknown_model_fails_before_any_work(tmp_path):
+    with pytest.raises(UnknownModelError, match="vit_tiny_patch16_224"):
+        run(parse([STUDENT, "vit_tiny_patch16_22", "--out", str(tmp_path / "bench"), *QUICK]))
+    assert not (tmp_path / "bench").exists()
+
+
+def test_resume_without_out_is_a_usage_error():
+    with pytest.raises(ValueError, match="--resume needs --out"):
+        run(parse([STUDENT, "--resume", *QUICK]))

@@ -1,0 +1,73 @@
+"""Report files written and read back; table columns follow what the records hold."""
+
+import csv
+import dataclasses
+import json
+
+import pytest
+
+from vitkd.bench import ProfileRecord, format_table, markdown_table, read_records, write_reports
+
+
+def make_record(**changes) -> ProfileRecord:
+    base = ProfileRecord(name="deit_tiny_patch16_224", device="cpu", threads=2, input_size=(3, 224, 224),
+                         batch_size=8, params=5_717_416, flops=1_258_411_200, train_flops_per_image=3_775_233_600,
+                         activations=5_974_636, latency_ms_median=21.25, latency_ms_p90=23.5, latency_spread=0.031,
+                         throughput=55.125, peak_memory_bytes=48 * 2**20)
+    return dataclasses.replace(base, **changes)
+
+
+@pytest.fixture
+def records() -> list[ProfileRecord]:
+    teacher = make_record(name="deit_base_patch16_224", params=86_567_656, flops=17_582_740_224, top1=81.8,
+                          top5=95.6, latency_ms_median=150.0)
+    student = make_record(top1=72.2, top5=91.1, teacher=teacher.name, speedup_vs_teacher=150.0 / 21.25,
+                          param_reduction_vs_teacher=15.14, flop_reduction_vs_teacher=13.97,
+                          accuracy_retained=72.2 / 81.8, flops_uncounted_ops=("aten::cumsum",))
+    return [teacher, student]
+
+
+def test_reports_are_written_and_read_back_identically(tmp_path, records):
+    paths = write_reports(records, tmp_path / "reports")
+    assert {path.name for path in paths.values()} == {"bench.csv", "bench.json", "bench.md"}
+    assert read_records(paths["csv"]) == records
+    assert read_records(paths["json"]) == records
+    rows = list(csv.DictReader(paths["csv"].open()))
+    assert [row["name"] for row in rows] == ["deit_base_patch16_224", "deit_tiny_patch16_224"]
+    assert rows[1]["flops"] == "1258411200"
+    assert json.loads(paths["json"].read_text())["records"][1]["input_size"] == [3, 224, 224]
+    assert not list((tmp_path / "reports").glob(".*.tmp"))  # no temporary files left behind
+
+
+def test_markdown_report_is_a_table_in_human_units(tmp_path, records):
+    text = write_reports(records, tmp_path)["markdown"].read_text()
+    lines = text.splitlines()
+    assert lines[0].startswith("| Model | Input | Params (M) | GFLOPs |")
+    assert lines[1].startswith("|:---|---:|")
+    assert "| deit_tiny_patch16_224 | 224x224 | 5.72 | 1.26 | 3.78 |" in text
+    assert "| 7.06x |" in text and "| 88.3% |" in text  # speed-up and accuracy retained
+    assert "FLOPs are lower bounds (uncounted ops) for: deit_tiny_patch16_224" in text
+    assert text == markdown_table(records)
+
+
+def test_terminal_table_hides_columns_no_record_fills():
+    plain = format_table([make_record()])
+    assert "Latency ms" in plain and "Peak MiB" in plain
+    assert "Top-1" not in plain and "Speed-up" not in plain
+    assert "21.25" in plain and "48.0" in plain and "3.1%" in plain
+
+
+def test_terminal_rows_are_aligned(records):
+    lines = format_table(records).splitlines()
+    assert len({len(line) for line in lines[:4]}) == 1  # header, rule, two rows have the same width
+
+
+def test_unreadable_reports_are_rejected_clearly(tmp_path):
+    with pytest.raises(ValueError, match="expected one of"):
+        read_records(tmp_path / "bench.txt")
+    stranger = tmp_path / "other.json"
+    stranger.write_text(json.dumps({"records": []}))
+    with pytest.raises(ValueError, match="not a vitkd bench report"):
+        read_records(stranger)
+    with pytest.raises(ValueError, match="no records"):
+        write_reports([], tmp_path)

@@ -1,0 +1,33 @@
+"""Shared fixtures. Tests never touch the network: a stray pretrained=True fails fast instead of retrying the hub."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+TINY_VIT_KWARGS = {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}
+
+
+def tiny_recipe_dict(tmp_path, **sections) -> dict:
+    """A recipe that trains a 2-block ViT on the digits in seconds; sections override top-level keys."""
+    recipe = {
+        "name": "tiny",
+        "student": {"name": "vit_tiny_patch16_224", "kwargs": dict(TINY_VIT_KWARGS)},
+        "data": {"dataset": "digits", "img_size": 16, "batch_size": 32, "num_workers": 0, "mean": [0.5] * 3,
+                 "std": [0.5] * 3, "scale": [0.7, 1.0], "hflip": 0.0, "auto_augment": None, "re_prob": 0.0,
+                 "color_jitter": 0.0, "crop_pct": 1.0, "interpolation": "bilinear"},
+        "optim": {"lr": 2e-3, "warmup_epochs": 0},
+        "train": {"epochs": 2, "output_dir": str(tmp_path / "runs"), "progress": False},
+    }
+    recipe.update(sections)
+    return recipe
+
+
+@pytest.fixture
+def tiny_recipe(tmp_path):
+    return lambda **sections: tiny_recipe_dict(tmp_path, **sections)

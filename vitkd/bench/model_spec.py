@@ -1,0 +1,170 @@
+"""Model specs: how `vitkd bench` and the benchmark scripts name the models to profile.
+
+Syntax (one string per model)::
+
+    NAME                                   a timm model name, built with pretrained=False
+    NAME:KEY=VALUE[,KEY=VALUE...]          ... with timm kwargs, e.g. vit_tiny_patch16_224:img_size=32,num_classes=10
+    NAME[:KEY=VALUE,...]@CHECKPOINT        ... then load local weights (.safetensors / .pt) from CHECKPOINT
+    PATH                                   an existing checkpoint file, export directory or vitkd run directory
+                                           that records its own model name and kwargs
+
+Values are read as YAML scalars or flow lists: `32` is an int, `0.1` a float, `true` a bool, `[8,8]` a list,
+`avg` a string (quote with '...' to force a string). Commas inside brackets do not split kwargs.
+Building goes through `vitkd.models.build_model` / `load_model_from_path`, which never download weights and
+load checkpoints without executing pickled code.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import timm
+import yaml
+from torch import nn
+
+from vitkd.bench.errors import BenchInputError, UnknownModelError
+
+__all__ = ["BuiltModel", "ModelSpec", "build_from_spec", "check_model_name", "parse_model_spec"]
+
+_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]+$")
+_KEY_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A parsed model spec; exactly one of `name` and `path` is set.
+
+    Attributes:
+        text: the spec as written, used as the model's label in tables.
+        name: timm model name.
+        kwargs: keyword arguments for `timm.create_model`.
+        checkpoint: weights to load into the named model.
+        path: checkpoint file, export or run directory that records its own model name.
+    """
+
+    text: str
+    name: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    checkpoint: Path | None = None
+    path: Path | None = None
+
+
+@dataclass(frozen=True)
+class BuiltModel:
+    """A model built from a spec, with what is known about its preprocessing (`img_size`, `mean`, `std`, ...)."""
+
+    spec: ModelSpec
+    model: nn.Module
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def check_model_name(name: str, spec_text: str | None = None) -> None:
+    """Raise `UnknownModelError` suggesting close timm names when timm does not know `name`."""
+    if timm.is_model(name):
+        return
+    close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+    origin = f" (in model spec {spec_text!r})" if spec_text and spec_text != name else ""
+    hint = f"; close names: {', '.join(close)}" if close else "; see timm.list_models() for valid names"
+    raise UnknownModelError(f"unknown model {name!r}{origin}{hint}")
+
+
+def _split_top_level(text: str, separator: str = ",") -> list[str]:
+    """Split on `separator` outside brackets and quotes, so `patch_size=[8,8],depth=2` gives two items."""
+    items, current, depth, quote = [], [], 0, ""
+    for character in text:
+        if quote:
+            quote = "" if character == quote else quote
+        elif character in "'\"":
+            quote = character
+        elif character in "[{(":
+            depth += 1
+        elif character in "]})":
+            depth -= 1
+        elif character == separator and depth == 0:
+            items.append("".join(current))
+            current = []
+            continue
+        current.append(character)
+    items.append("".join(current))
+    return items
+
+
+def _parse_kwargs(text: str, spec_text: str) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {}
+    for item in _split_top_level(text):
+        key, equals, value = item.partition("=")
+        key = key.strip()
+        if not equals or not _KEY_PATTERN.match(key):
+            raise BenchInputError(f"model spec {spec_text!r}: {item!r} is not KEY=VALUE; "
+                                  f"write NAME:KEY=VALUE[,KEY=VALUE...], e.g. vit_tiny_patch16_224:img_size=32")
+        if key in kwargs:
+            raise BenchInputError(f"model spec {spec_text!r}: kwarg {key!r} is given twice")
+        try:
+            kwargs[key] = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError as error:
+            raise BenchInputError(f"model spec {spec_text!r}: cannot read the value of {key!r}: {error}") from None
+    return kwargs
+
+
+def _looks_like_path(text: str) -> bool:
+    return os.sep in text or "/" in text or text.endswith(_WEIGHT_SUFFIXES)
+
+
+def parse_model_spec(text: str) -> ModelSpec:
+    """Parse one spec (syntax in the module docstring) and check timm knows its model name.
+
+    Raises:
+        UnknownModelError: the model name is not a timm model (close names are suggested).
+        BenchInputError: the spec is malformed or names a missing file.
+    """
+    text = text.strip()
+    if not text:
+        raise BenchInputError("empty model spec; give a timm name such as deit_tiny_patch16_224 or a checkpoint path")
+    if Path(text).exists():
+        return ModelSpec(text=text, path=Path(text))
+    model_part, at_sign, checkpoint_text = text.partition("@")
+    if not at_sign and _looks_like_path(text):
+        raise BenchInputError(f"model spec {text!r} looks like a path, but no such file or directory exists")
+    name, colon, kwargs_text = model_part.partition(":")
+    name = name.strip()
+    if not _NAME_PATTERN.match(name):
+        raise BenchInputError(f"model spec {text!r}: {name!r} is not a model name; "
+                              "syntax: NAME[:KEY=VALUE,...][@CHECKPOINT] or an existing checkpoint/run path")
+    if colon and not kwargs_text.strip():
+        raise BenchInputError(f"model spec {text!r}: nothing after ':'; give KEY=VALUE pairs or drop the ':'")
+    check_model_name(name, text)
+    kwargs = _parse_kwargs(kwargs_text, text) if colon else {}
+    checkpoint = None
+    if at_sign:
+        checkpoint = Path(checkpoint_text.strip())
+        if not checkpoint.exists():
+            raise BenchInputError(f"model spec {text!r}: checkpoint {str(checkpoint)!r} does not exist")
+    return ModelSpec(text=text, name=name, kwargs=kwargs, checkpoint=checkpoint)
+
+
+def build_from_spec(spec: ModelSpec | str) -> BuiltModel:
+    """Build the model a spec names (weights from the checkpoint if any, otherwise freshly initialised).
+
+    Raises:
+        BenchInputError: the spec is malformed (see `parse_model_spec`), the kwargs are rejected, or the
+            checkpoint does not fit / cannot be read.
+    """
+    # Imported here so that FLOP counting and the rest of vitkd.bench work without the training-side packages.
+    from vitkd.config import ConfigError
+    from vitkd.models import CheckpointError, build_model, load_model_from_path
+
+    spec = parse_model_spec(spec) if isinstance(spec, str) else spec
+    try:
+        if spec.path is not None:
+            model, info = load_model_from_path(spec.path)
+            return BuiltModel(spec=spec, model=model, info=dict(info))
+        checkpoint = None if spec.checkpoint is None else str(spec.checkpoint)
+        return BuiltModel(spec=spec, model=build_model(str(spec.name), dict(spec.kwargs), checkpoint))
+    except (ConfigError, CheckpointError) as error:
+        raise BenchInputError(f"model spec {spec.text!r}: {error}") from error

@@ -1,0 +1,198 @@
+"""One call that measures everything about a model: `profile(model, ...) -> ProfileRecord`.
+
+The record is exactly what the terminal table, the CSV/JSON/Markdown reports and the plot show. Ratios against a
+teacher read "how many times better the student is":
+
+* `speedup_vs_teacher` = teacher latency / student latency (batch-1 medians; 4.0 = four times faster),
+* `param_reduction_vs_teacher` = teacher params / student params,
+* `flop_reduction_vs_teacher` = teacher FLOPs / student FLOPs,
+* `accuracy_retained` = student top-1 / teacher top-1 (0.95 = keeps 95 % of the teacher's accuracy).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from vitkd.bench.accuracy import evaluate_accuracy
+from vitkd.bench.flops import analyze_flops, count_activations, training_flops_per_image
+from vitkd.bench.input_size import check_input_size, default_input_size, model_display_name, normalize_input_size
+from vitkd.bench.latency import Clock, TimingSettings, measure_latency
+from vitkd.bench.memory import measure_peak_memory
+from vitkd.bench.runtime import RuntimeOptions, prepare_model, resolve_device, use_threads
+
+__all__ = ["ProfileRecord", "compare_to_teacher", "count_parameters", "profile"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ProfileRecord:
+    """Everything measured about one model, in plain units.
+
+    Attributes:
+        name: how the model was asked for (a timm name, a spec with kwargs, a checkpoint path).
+        device: where it ran, e.g. `"cpu"` or `"cuda:0"`.
+        threads: CPU intra-op threads (`torch.get_num_threads()`) during the measurements.
+        input_size: `(C, H, W)` of one image.
+        batch_size: images per forward for throughput and peak memory (latency is always batch 1).
+        params: number of parameters (all of them, trainable or not).
+        flops: forward FLOPs per image, one fused multiply-add = one FLOP (see `vitkd.bench.flops`).
+        train_flops_per_image: forward + backward FLOPs per training image (3 x `flops`).
+        activations: conv/matmul output elements per image (fvcore convention).
+        latency_ms_median: median batch-1 forward time, ms.
+        latency_ms_p90: 90th percentile batch-1 forward time, ms.
+        latency_spread: relative spread of the batch-1 round medians, `(max - min) / median`.
+        throughput: images/s at `batch_size`.
+        peak_memory_bytes: peak tensor bytes of one inference forward at `batch_size` (see `vitkd.bench.memory`).
+        top1, top5: accuracy in percent, `None` without an evaluation loader.
+        channels_last, amp, compiled: runtime switches used for latency, throughput and memory.
+        flops_uncounted_ops: ops fvcore could not count; non-empty means `flops` is a lower bound.
+        teacher: name of the teacher the ratios refer to, `None` without one.
+        speedup_vs_teacher, param_reduction_vs_teacher, flop_reduction_vs_teacher, accuracy_retained: see module.
+    """
+
+    name: str
+    device: str
+    threads: int
+    input_size: tuple[int, int, int]
+    batch_size: int
+    params: int
+    flops: int
+    train_flops_per_image: int
+    activations: int
+    latency_ms_median: float
+    latency_ms_p90: float
+    latency_spread: float
+    throughput: float
+    peak_memory_bytes: int
+    top1: float | None = None
+    top5: float | None = None
+    channels_last: bool = False
+    amp: bool = False
+    compiled: bool = False
+    flops_uncounted_ops: tuple[str, ...] = ()
+    teacher: str | None = None
+    speedup_vs_teacher: float | None = None
+    param_reduction_vs_teacher: float | None = None
+    flop_reduction_vs_teacher: float | None = None
+    accuracy_retained: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (tuples become lists)."""
+        return {key: list(value) if isinstance(value, tuple) else value
+                for key, value in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ProfileRecord:
+        """Inverse of `to_dict`; unknown keys are an error so a stale report is noticed."""
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown ProfileRecord fields {unknown}; known fields: {sorted(known)}")
+        converted = dict(values)
+        converted["input_size"] = tuple(converted["input_size"])
+        converted["flops_uncounted_ops"] = tuple(converted.get("flops_uncounted_ops", ()))
+        return cls(**converted)
+
+
+def _ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if numerator is None or denominator is None or denominator == 0:
+        return None
+    return numerator / denominator
+
+
+def compare_to_teacher(student: ProfileRecord, teacher: ProfileRecord) -> ProfileRecord:
+    """A copy of `student` with the four ratios against `teacher` filled in (see the module docstring)."""
+    return dataclasses.replace(
+        student,
+        teacher=teacher.name,
+        speedup_vs_teacher=_ratio(teacher.latency_ms_median, student.latency_ms_median),
+        param_reduction_vs_teacher=_ratio(teacher.params, student.params),
+        flop_reduction_vs_teacher=_ratio(teacher.flops, student.flops),
+        accuracy_retained=_ratio(student.top1, teacher.top1),
+    )
+
+
+def count_parameters(model: nn.Module) -> int:
+    """All parameters, trainable or frozen, each shared tensor once."""
+    return sum(parameter.numel() for parameter in model.parameters())
+
+
+def profile(model: nn.Module, *, name: str | None = None, input_size: int | Sequence[int] | None = None,
+            batch_size: int = 32, device: str | torch.device | None = "cpu", loader: Iterable[Any] | None = None,
+            teacher_record: ProfileRecord | None = None, threads: int | None = None, channels_last: bool = False,
+            amp: bool = False, compile: bool = False, timing: TimingSettings = TimingSettings(),
+            clock: Clock = time.perf_counter) -> ProfileRecord:
+    """Parameters, FLOPs, activations, latency, throughput, peak memory and (with a loader) accuracy of `model`.
+
+    Args:
+        model: image classifier `(B, C, H, W) -> (B, num_classes)`; moved in place to `device` and the memory
+            format; its train/eval mode is restored afterwards.
+        name: label for tables and errors; defaults to the timm architecture or class name.
+        input_size: `(C, H, W)` (or `S` for 3xSxS); defaults to the model's own size.
+        batch_size: images per forward for throughput and peak memory.
+        device: `"cpu"`, `"cuda"`, ... or `None`/`"auto"` for CUDA when available.
+        loader: evaluation batches `(images, labels, ...)`; without it top-1/top-5 stay `None`.
+        teacher_record: the teacher's record, to fill in the ratio columns.
+        threads: CPU threads (`torch.set_num_threads`) during the measurements; `None` keeps the current count.
+        channels_last, amp, compile: runtime switches for latency, throughput, memory (FLOPs are unaffected).
+        timing: warmup and stopping rule for latency and throughput (see `vitkd.bench.latency`).
+        clock: seconds; injectable for tests.
+
+    Raises:
+        InputSizeError: the model cannot run on `input_size`.
+        ClassCountMismatchError: `loader`'s dataset has a different class count than the model's head.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+    name = name or model_display_name(model)
+    options = RuntimeOptions(device=str(resolve_device(device)), threads=threads, channels_last=channels_last,
+                             amp=amp, compile=compile)
+    was_training = model.training
+    try:
+        model.to(options.torch_device).eval()
+        size = default_input_size(model) if input_size is None else normalize_input_size(input_size)
+        with use_threads(threads) as threads_used:
+            check_input_size(model, size, name)
+            logger.info("profiling %s at %s on %s with %d threads", name, size, options.device, threads_used)
+            flop_count = analyze_flops(model, size, model_name=name)
+            activations = count_activations(model, size, model_name=name)
+            runnable = prepare_model(model, options)
+            latency = measure_latency(model, size, 1, options, timing, clock=clock, prepared=runnable)
+            batch_timing = measure_latency(model, size, batch_size, options, timing, clock=clock, prepared=runnable)
+            peak_memory = measure_peak_memory(model, size, batch_size, options)
+            accuracy = (None if loader is None else
+                        evaluate_accuracy(model, loader, options.torch_device, model_name=name, options=options))
+    finally:
+        model.train(was_training)
+    record = ProfileRecord(
+        name=name,
+        device=str(options.torch_device),
+        threads=threads_used,
+        input_size=size,
+        batch_size=batch_size,
+        params=count_parameters(model),
+        flops=flop_count.total,
+        train_flops_per_image=training_flops_per_image(flop_count.total),
+        activations=activations,
+        latency_ms_median=latency.median_ms,
+        latency_ms_p90=latency.p90_ms,
+        latency_spread=latency.relative_spread,
+        throughput=batch_timing.throughput,
+        peak_memory_bytes=peak_memory,
+        top1=None if accuracy is None else accuracy.top1,
+        top5=None if accuracy is None else accuracy.top5,
+        channels_last=channels_last,
+        amp=amp,
+        compiled=compile,
+        flops_uncounted_ops=tuple(flop_count.uncounted_ops),
+    )
+    return record if teacher_record is None else compare_to_teacher(record, teacher_record)

@@ -1,0 +1,238 @@
+"""Tables and report files for `ProfileRecord`s: a terminal table, and CSV / JSON / Markdown files.
+
+The terminal and Markdown tables show the same columns, in human units (M params, GFLOPs, ms, MiB, %); columns
+that no record fills (accuracy without a dataset, ratios without a teacher) are left out. CSV and JSON keep every
+record field in raw units (counts, bytes, ms, images/s) and read back into identical records (`read_records`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import secrets
+import typing
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from vitkd.bench.flops import TRAINING_FLOPS_MULTIPLIER
+from vitkd.bench.profile import ProfileRecord
+
+__all__ = ["REPORT_FILE_NAMES", "TableColumn", "format_table", "markdown_table", "read_records", "table_columns",
+           "write_atomically", "write_reports"]
+
+JSON_FORMAT = "vitkd.bench.records"
+JSON_VERSION = 1
+REPORT_FILE_NAMES = {"csv": "bench.csv", "json": "bench.json", "markdown": "bench.md"}
+
+
+@dataclass(frozen=True)
+class TableColumn:
+    """One table column: its header, how to read the value from a record, and how to print it.
+
+    `optional` columns are shown only when at least one record has a value for them.
+    """
+
+    header: str
+    value: Callable[[ProfileRecord], Any]
+    text: Callable[[Any], str]
+    optional: bool = False
+
+    def cell(self, record: ProfileRecord) -> str:
+        value = self.value(record)
+        return "-" if value is None else self.text(value)
+
+
+def _fixed(digits: int) -> Callable[[Any], str]:
+    return lambda value: f"{value:.{digits}f}"
+
+
+def _times(value: float) -> str:
+    return f"{value:.2f}x"
+
+
+def _percent_of_one(value: float) -> str:
+    return f"{100 * value:.1f}%"
+
+
+COLUMNS: tuple[TableColumn, ...] = (
+    TableColumn("Model", lambda r: r.name, str),
+    TableColumn("Input", lambda r: "x".join(str(side) for side in r.input_size[1:]), str),
+    TableColumn("Params (M)", lambda r: r.params / 1e6, _fixed(2)),
+    TableColumn("GFLOPs", lambda r: r.flops / 1e9, _fixed(2)),
+    TableColumn("Train GFLOPs/img", lambda r: r.train_flops_per_image / 1e9, _fixed(2)),
+    TableColumn("Acts (M)", lambda r: r.activations / 1e6, _fixed(2)),
+    TableColumn("Latency ms", lambda r: r.latency_ms_median, _fixed(2)),
+    TableColumn("p90 ms", lambda r: r.latency_ms_p90, _fixed(2)),
+    TableColumn("Spread", lambda r: r.latency_spread, _percent_of_one),
+    TableColumn("Img/s", lambda r: r.throughput, _fixed(1)),
+    TableColumn("Peak MiB", lambda r: r.peak_memory_bytes / 2**20, _fixed(1)),
+    TableColumn("Top-1 %", lambda r: r.top1, _fixed(2), optional=True),
+    TableColumn("Top-5 %", lambda r: r.top5, _fixed(2), optional=True),
+    TableColumn("Speed-up", lambda r: r.speedup_vs_teacher, _times, optional=True),
+    TableColumn("Params ÷", lambda r: r.param_reduction_vs_teacher, _times, optional=True),
+    TableColumn("FLOPs ÷", lambda r: r.flop_reduction_vs_teacher, _times, optional=True),
+    TableColumn("Top-1 kept", lambda r: r.accuracy_retained, _percent_of_one, optional=True),
+)
+
+
+def table_columns(records: Sequence[ProfileRecord]) -> list[TableColumn]:
+    """The columns worth showing for `records`: all fixed ones, and optional ones some record fills."""
+    return [column for column in COLUMNS
+            if not column.optional or any(column.value(record) is not None for record in records)]
+
+
+def _distinct(values: Sequence[Any]) -> str:
+    return "/".join(str(value) for value in dict.fromkeys(values))
+
+
+def _footnote(records: Sequence[ProfileRecord]) -> str:
+    switches = [name for name, used in (("channels_last", any(r.channels_last for r in records)),
+                                        ("AMP", any(r.amp for r in records)),
+                                        ("torch.compile", any(r.compiled for r in records))) if used]
+    teachers = [r.teacher for r in records if r.teacher]
+    notes = [
+        f"device {_distinct([r.device for r in records])}, CPU threads {_distinct([r.threads for r in records])}"
+        + (f", {', '.join(switches)}" if switches else ""),
+        "latency at batch 1 (median, p90, spread of round medians); "
+        f"Img/s and peak memory at batch {_distinct([r.batch_size for r in records])}",
+        f"FLOPs: 1 multiply-add = 1 FLOP, batch 1; train = {TRAINING_FLOPS_MULTIPLIER}x forward (backward = 2x)",
+    ]
+    if teachers:
+        notes.append(f"ratios vs teacher {_distinct(teachers)}: speed-up and ÷ = teacher / student, "
+                     "Top-1 kept = student / teacher")
+    undercounted = [r.name for r in records if r.flops_uncounted_ops]
+    if undercounted:
+        notes.append(f"FLOPs are lower bounds (uncounted ops) for: {', '.join(undercounted)}")
+    return "\n".join(notes)
+
+
+def format_table(records: Sequence[ProfileRecord]) -> str:
+    """A fixed-width text table for the terminal, with a few lines of notes under it."""
+    columns = table_columns(records)
+    rows = [[column.header for column in columns]] + [[column.cell(record) for column in columns]
+                                                     for record in records]
+    widths = [max(len(row[index]) for row in rows) for index in range(len(columns))]
+
+    def line(cells: list[str]) -> str:
+        first, *rest = cells
+        return "  ".join([first.ljust(widths[0])] + [cell.rjust(width) for cell, width in zip(rest, widths[1:])])
+
+    rule = "-" * len(line(rows[0]))
+    return "\n".join([line(rows[0]), rule, *(line(row) for row in rows[1:]), rule, _footnote(records)])
+
+
+def markdown_table(records: Sequence[ProfileRecord]) -> str:
+    """A GitHub-flavoured Markdown table with the same columns as `format_table`, and the notes as a list."""
+    columns = table_columns(records)
+    header = "| " + " | ".join(column.header for column in columns) + " |"
+    alignment = "|" + "|".join([":---"] + ["---:"] * (len(columns) - 1)) + "|"
+    body = ["| " + " | ".join(column.cell(record) for column in columns) + " |" for record in records]
+    notes = ["", *(f"- {note}" for note in _footnote(records).splitlines())]
+    return "\n".join([header, alignment, *body, *notes]) + "\n"
+
+
+def _csv_text(records: Sequence[ProfileRecord]) -> str:
+    names = [field.name for field in fields(ProfileRecord)]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=names, lineterminator="\n")
+    writer.writeheader()
+    for record in records:
+        writer.writerow({name: _csv_cell(getattr(record, name)) for name in names})
+    return buffer.getvalue()
+
+
+def _csv_cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, tuple):
+        return ";".join(str(item) for item in value)
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def _parse_csv_cell(text: str, hint: Any) -> Any:
+    """Invert `_csv_cell` for a field whose annotation is `hint` (int, float, str, bool, tuples, `X | None`)."""
+    arguments = typing.get_args(hint)
+    if type(None) in arguments:
+        if text == "":
+            return None
+        hint = next(argument for argument in arguments if argument is not type(None))
+    if typing.get_origin(hint) is tuple:
+        item_type = typing.get_args(hint)[0]
+        return tuple(item_type(item) for item in text.split(";")) if text else ()
+    if hint is bool:
+        if text not in ("True", "False"):
+            raise ValueError(f"expected True or False, got {text!r}")
+        return text == "True"
+    return hint(text)
+
+
+def _records_from_csv(text: str, source: Path) -> list[ProfileRecord]:
+    hints = typing.get_type_hints(ProfileRecord)
+    records = []
+    for line_number, row in enumerate(csv.DictReader(io.StringIO(text)), start=2):
+        try:
+            records.append(ProfileRecord(**{name: _parse_csv_cell(cell, hints[name]) for name, cell in row.items()}))
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"{source}: line {line_number} is not a ProfileRecord row: {error}") from error
+    return records
+
+
+def _records_from_json(text: str, source: Path) -> list[ProfileRecord]:
+    document = json.loads(text)
+    if not isinstance(document, dict) or document.get("format") != JSON_FORMAT:
+        raise ValueError(f"{source}: not a vitkd bench report (expected a JSON object with format={JSON_FORMAT!r})")
+    if document.get("version") != JSON_VERSION:
+        raise ValueError(f"{source}: report version {document.get('version')!r} is not supported "
+                         f"(this vitkd reads version {JSON_VERSION})")
+    return [ProfileRecord.from_dict(values) for values in document["records"]]
+
+
+_READERS = {".csv": _records_from_csv, ".json": _records_from_json}
+
+
+def read_records(path: str | os.PathLike[str]) -> list[ProfileRecord]:
+    """Read records back from a `bench.csv` or `bench.json` written by `write_reports`."""
+    path = Path(path)
+    reader = _READERS.get(path.suffix.lower())
+    if reader is None:
+        raise ValueError(f"cannot read records from {path}: expected one of {sorted(_READERS)}")
+    return reader(path.read_text(encoding="utf-8"), path)
+
+
+def write_atomically(path: Path, content: str | bytes) -> None:
+    """Write to a temporary file next to `path`, then rename, so a crash never leaves a half-written file."""
+    data = content.encode("utf-8") if isinstance(content, str) else content
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(temporary, "xb") as handle:
+            handle.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def write_reports(records: Sequence[ProfileRecord], out_dir: str | os.PathLike[str]) -> dict[str, Path]:
+    """Write `bench.csv`, `bench.json` and `bench.md` into `out_dir` (created if needed).
+
+    Returns the written paths keyed by `"csv"`, `"json"` and `"markdown"`.
+    """
+    if not records:
+        raise ValueError("no records to write")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    document = {"format": JSON_FORMAT, "version": JSON_VERSION, "records": [record.to_dict() for record in records]}
+    contents = {
+        "csv": _csv_text(records),
+        "json": json.dumps(document, indent=2) + "\n",
+        "markdown": markdown_table(records),
+    }
+    paths = {}
+    for kind, text in contents.items():
+        paths[kind] = out_dir / REPORT_FILE_NAMES[kind]
+        write_atomically(paths[kind], text)
+    return paths

@@ -1,0 +1,153 @@
+"""The `vitkd` command: train, eval, demo (and bench when available).
+
+Errors in user input (recipes, paths, checkpoints) print one clear line and exit with status 2; nothing is lost.
+Set VITKD_DEBUG=1 to see the full traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Callable, Optional
+
+from vitkd import __version__
+
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, OSError)
+
+
+def _add_train(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train", help="train a student from a YAML recipe",
+        description="Train a student from a YAML recipe. Overrides use dotted keys, e.g. "
+                    "`vitkd train recipes/demo/deit_hard.yaml train.epochs=5 data.batch_size=64 losses.1.mode=soft`.")
+    parser.add_argument("recipe", help="path to a YAML recipe")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted-key overrides of the recipe")
+    parser.add_argument("--resume", action="store_true", help="continue the run in <output_dir>/<name> exactly where "
+                        "its last checkpoint stopped (model, optimizer, scheduler, EMA, RNG, epoch)")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved recipe and exit")
+    parser.set_defaults(handler=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from vitkd.config import dump_recipe, load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    if args.print_config:
+        print(dump_recipe(recipe), end="")
+        return 0
+    from vitkd.engine.trainer import train
+
+    summary = train(recipe, resume=args.resume)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _add_eval(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "eval", help="evaluate a checkpoint, export or run directory on a dataset (top-1, top-5, loss)")
+    parser.add_argument("weights", help="a vitkd run directory, export directory, .safetensors or .pt file")
+    parser.add_argument("--model", help="timm model name (needed only when the weights do not record it)")
+    parser.add_argument("--model-kwargs", default="{}", help="JSON dict of timm kwargs used with --model")
+    parser.add_argument("--dataset", default="digits", choices=["digits", "folder"])
+    parser.add_argument("--root", help="dataset root for --dataset folder (root/<split>/<class>/*)")
+    parser.add_argument("--split", default="val")
+    parser.add_argument("--img-size", type=int, help="input size (default: the size recorded in the export)")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--device", default="auto")
+    parser.set_defaults(handler=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from vitkd.data.loader import build_eval_loader
+    from vitkd.engine.distributed import resolve_device
+    from vitkd.engine.evaluate import evaluate
+    from vitkd.models.factory import build_model, load_model_from_path
+
+    if args.model:
+        model = build_model(args.model, json.loads(args.model_kwargs), args.weights)
+        info: dict = {}
+    else:
+        model, info = load_model_from_path(args.weights)
+    img_size = args.img_size or info.get("img_size")
+    if not img_size:
+        raise ValueError("--img-size is required: the weights do not record their input size")
+    mean = tuple(info.get("mean", (0.485, 0.456, 0.406)))
+    std = tuple(info.get("std", (0.229, 0.224, 0.225)))
+    loader = build_eval_loader(args.dataset, args.root, img_size, args.batch_size, mean, std, split=args.split,
+                               crop_pct=info.get("crop_pct", 0.875))
+    device = resolve_device(args.device)
+    metrics = evaluate(model.to(device), loader, device, progress=True)
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def _add_demo(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "demo", help="the offline demo: CNN teacher, plain ViT and DeiT students on the bundled digits, with a report")
+    parser.add_argument("--output-dir", default="runs", help="runs go to <output-dir>/demo/")
+    parser.add_argument("--epochs-scale", type=float, default=1.0,
+                        help="multiply every demo recipe's epochs (e.g. 0.1 for a quick smoke run)")
+    parser.add_argument("--fresh", action="store_true", help="retrain every row (by default finished rows of the same "
+                        "recipe are reused and interrupted ones resumed)")
+    parser.set_defaults(handler=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from vitkd.demo import run_demo
+
+    run_demo(output_dir=args.output_dir, epochs_scale=args.epochs_scale, fresh=args.fresh)
+    return 0
+
+
+def _optional_subcommands() -> list[Callable[[argparse._SubParsersAction], None]]:
+    """Subcommands whose modules may be absent in a partial install are added only when they import."""
+    adders = []
+    try:
+        from vitkd.bench import command as bench_command
+
+        def add_bench(subparsers: argparse._SubParsersAction) -> None:
+            parser = subparsers.add_parser("bench", help="profile students: params, FLOPs, latency, throughput, "
+                                                         "memory, accuracy")
+            bench_command.add_arguments(parser)
+            parser.set_defaults(handler=bench_command.run)
+
+        adders.append(add_bench)
+    except ImportError:
+        pass
+    return adders
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vitkd", description="Knowledge distillation of vision transformers.")
+    parser.add_argument("--version", action="version", version=f"vitkd {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_train(subparsers)
+    _add_eval(subparsers)
+    _add_demo(subparsers)
+    for add in _optional_subcommands():
+        add(subparsers)
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.handler(args) or 0)
+    except KeyboardInterrupt:
+        print("vitkd: interrupted; finished epochs are saved, continue with --resume", file=sys.stderr)
+        return 130
+    except USER_ERRORS as error:
+        if os.environ.get("VITKD_DEBUG"):
+            raise
+        print(f"vitkd {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
