@@ -1,21 +1,24 @@
 """`vitkd demo`: the main job on the bundled digits, fully offline.
 
-Trains a small CNN teacher, then the same ViT student two ways with the same budget: on labels alone, and with a
-DeiT distillation token (hard) from the CNN teacher. Prints a table (model, method, params, top-1) and writes
-`<output-dir>/demo/report.md` and `report.json`. Finished rows are reused and interrupted rows resumed when the
-demo runs again with the same recipes; `--fresh` retrains everything.
+Trains a small CNN teacher, then the same ViT student several ways with the same budget: on labels alone, and with
+each distillation method from the teacher. Each trained model is then profiled with `vitkd.bench` (forward FLOPs,
+batch-1 CPU latency). Prints a table (model, method, params, FLOPs, latency, top-1) and writes
+`<output-dir>/demo/report.md`, `report.json` and `tradeoffs.png` (accuracy against latency and FLOPs). Finished rows
+are reused and interrupted rows resumed when the demo runs again with the same recipes; `--fresh` retrains everything.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import vitkd
 from vitkd.config import Recipe, dump_recipe, load_recipe
+from vitkd.bench import ProfileRecord, TimingSettings, plot_tradeoffs, profile
 from vitkd.engine.checkpoint import atomic_write
 
 
@@ -40,9 +43,10 @@ def demo_recipes_dir() -> Path:
     return path
 
 
-def _demo_recipe(row: DemoRow, demo_dir: Path, epochs_scale: float) -> Recipe:
+def _demo_recipe(row: DemoRow, demo_dir: Path, epochs_scale: float, extra_overrides: Sequence[str] = ()) -> Recipe:
     recipe = load_recipe(demo_recipes_dir() / row.recipe)
-    overrides = [f"train.output_dir={demo_dir}", f"train.epochs={max(1, round(recipe.train.epochs * epochs_scale))}"]
+    overrides = [f"train.output_dir={demo_dir}", f"train.epochs={max(1, round(recipe.train.epochs * epochs_scale))}",
+                 *extra_overrides]
     if recipe.teacher is not None and recipe.teacher.checkpoint:
         overrides.append(f"teacher.checkpoint={demo_dir / Path(recipe.teacher.checkpoint).name}")
     return load_recipe(demo_recipes_dir() / row.recipe, overrides)
@@ -69,35 +73,64 @@ def _train_or_reuse(recipe: Recipe) -> dict[str, Any]:
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """Markdown table of the demo rows."""
-    header = "| model | method | params | top-1 (%) | top-5 (%) | train img/s | wall time (s) |"
-    lines = [header, "|---|---|---:|---:|---:|---:|---:|"]
+    header = ("| model | method | params | FLOPs | latency b1 (ms) | top-1 (%) | top-5 (%) | train img/s | "
+              "wall time (s) |")
+    lines = [header, "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
-        lines.append(f"| {row['model']} | {row['method']} | {row['params']:,} | {row['top1']:.2f} | "
-                     f"{row['top5']:.2f} | {row['images_per_s']:.0f} | {row['wall_time_s']:.0f} |")
+        lines.append(f"| {row['model']} | {row['method']} | {row['params']:,} | {row['flops'] / 1e6:.2f} M | "
+                     f"{row['latency_ms']:.2f} | {row['top1']:.2f} | {row['top5']:.2f} | {row['images_per_s']:.0f} | "
+                     f"{row['wall_time_s']:.0f} |")
     return "\n".join(lines)
 
 
-def run_demo(output_dir: str = "runs", epochs_scale: float = 1.0, fresh: bool = False) -> list[dict[str, Any]]:
+DEMO_TIMING = TimingSettings(warmup_iterations=5, min_rounds=3, max_rounds=10, time_budget_s=2.0)
+
+
+def _profile_row(recipe: Recipe, summary: dict[str, Any]) -> ProfileRecord:
+    """FLOPs and batch-1 latency of the trained student (its export), with the row's final accuracy."""
+    from vitkd.models.factory import load_model_from_path
+
+    model, _ = load_model_from_path(recipe.run_dir)
+    size = recipe.data.img_size
+    record = profile(model, name=recipe.name, input_size=(3, size, size), batch_size=recipe.data.batch_size,
+                     device="cpu", timing=DEMO_TIMING)
+    return dataclasses.replace(record, top1=summary["top1"], top5=summary["top5"])
+
+
+def run_demo(output_dir: str = "runs", epochs_scale: float = 1.0, fresh: bool = False,
+             extra_overrides: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Train (or reuse) every demo row, profile it, write the report; returns the rows of the table.
+
+    `extra_overrides` (dotted `key=value`) apply to every row, e.g. `train.max_steps_per_epoch=5` for a smoke run.
+    """
     demo_dir = Path(output_dir) / "demo"
     if fresh and demo_dir.exists():
         shutil.rmtree(demo_dir)
     rows = []
+    records = []
     for row in DEMO_ROWS:
-        recipe = _demo_recipe(row, demo_dir, epochs_scale)
+        recipe = _demo_recipe(row, demo_dir, epochs_scale, extra_overrides)
         print(f"[demo] {row.method}: {recipe.student.name}, {recipe.train.epochs} epochs")
         summary = _train_or_reuse(recipe)
+        record = _profile_row(recipe, summary)
+        records.append(record)
         rows.append({"run": recipe.name, "model": recipe.student.name, "method": row.method,
-                     "params": summary["params"], "top1": summary["top1"], "top5": summary["top5"],
+                     "params": summary["params"], "flops": record.flops, "latency_ms": record.latency_ms_median,
+                     "latency_spread": record.latency_spread, "top1": summary["top1"], "top5": summary["top5"],
                      "best_top1": summary["best_top1"], "images_per_s": summary["images_per_s"],
                      "wall_time_s": summary["wall_time_s"], "epochs": recipe.train.epochs})
     table = format_table(rows)
+    plot_tradeoffs(records, demo_dir / "tradeoffs.png")
     report = ("# vitkd demo: distillation on the bundled digits\n\n"
               "Real handwritten digits (scikit-learn's 1,797 8x8 scans) at 16x16; 1,437 training and 360 validation "
               "images. Every ViT row trains the same student for the same number of epochs; top-1/top-5 are on the "
-              "validation split after the last epoch.\n\n" + table + "\n")
+              "validation split after the last epoch. FLOPs: forward, one multiply-add = one FLOP, fvcore with "
+              "attention counted (`vitkd.bench`); latency: median batch-1 forward on this machine's CPU (noisy on a "
+              "shared machine; the spread is in report.json).\n\n" + table
+              + "\n\n![accuracy against cost](tradeoffs.png)\n")
     atomic_write(demo_dir / "report.md", lambda tmp: Path(tmp).write_text(report))
     atomic_write(demo_dir / "report.json", lambda tmp: Path(tmp).write_text(json.dumps(rows, indent=2)))
     print()
     print(table)
-    print(f"\nreport: {demo_dir / 'report.md'}")
+    print(f"\nreport: {demo_dir / 'report.md'}, plot: {demo_dir / 'tradeoffs.png'}")
     return rows
