@@ -1,4 +1,4 @@
-"""The `vitkd` command: train, eval, demo (and bench when available).
+"""The `vitkd` command: train, eval, demo, cache-logits, cache-info (and bench when available).
 
 Errors in user input (recipes, paths, checkpoints) print one clear line and exit with status 2; nothing is lost.
 Set VITKD_DEBUG=1 to see the full traceback instead.
@@ -101,6 +101,29 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_cache_commands(subparsers: argparse._SubParsersAction) -> None:
+    from vitkd.cache import command as cache_command
+
+    parser = subparsers.add_parser(
+        "cache-logits", help="run the frozen teacher once over the augmented training stream and store its top-K",
+        description="Cache the recipe's teacher: `vitkd cache-logits RECIPE [key=value ...] [epochs=E] [topk=K]`. "
+                    "Writes into teacher.cache (or --output); resumes at the first incomplete epoch. Train from it "
+                    "with `vitkd train RECIPE` (teacher.cache set): the teacher is then never built.")
+    cache_command.add_cache_logits_arguments(parser)
+    parser.set_defaults(handler=cache_command.run_cache_logits)
+    parser = subparsers.add_parser("cache-info", help="print a logit cache's manifest, size and integrity")
+    cache_command.add_cache_info_arguments(parser)
+    parser.set_defaults(handler=cache_command.run_cache_info)
+
+
+def _is_user_error(error: BaseException) -> bool:
+    """Bad input: a ValueError/OSError family error, or any logit-cache error (corrupted or mismatching cache)."""
+    if isinstance(error, USER_ERRORS):
+        return True
+    cache_errors = sys.modules.get("vitkd.cache.errors")  # only loaded when a cache was touched
+    return cache_errors is not None and isinstance(error, cache_errors.LogitCacheError)
+
+
 def _optional_subcommands() -> list[Callable[[argparse._SubParsersAction], None]]:
     """Subcommands whose modules may be absent in a partial install are added only when they import."""
     adders = []
@@ -126,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(subparsers)
     _add_eval(subparsers)
     _add_demo(subparsers)
+    _add_cache_commands(subparsers)
     for add in _optional_subcommands():
         add(subparsers)
     return parser
@@ -142,8 +166,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     except KeyboardInterrupt:
         print("vitkd: interrupted; finished epochs are saved, continue with --resume", file=sys.stderr)
         return 130
-    except USER_ERRORS as error:
-        if os.environ.get("VITKD_DEBUG"):
+    except Exception as error:  # noqa: BLE001 - only user errors are turned into one line, the rest re-raised
+        if not _is_user_error(error) or os.environ.get("VITKD_DEBUG"):
             raise
         print(f"vitkd {args.command}: error: {error}", file=sys.stderr)
         return 2

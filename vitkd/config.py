@@ -42,11 +42,17 @@ class ModelConfig:
 
 @dataclass
 class TeacherConfig(ModelConfig):
-    """The frozen teacher. `cache` (a sparse-logit cache directory) replaces the live teacher when set."""
+    """The frozen teacher. `cache` (a sparse-logit cache directory) replaces the live teacher when set.
+
+    `vitkd cache-logits` writes the cache into `cache` with K = `cache_topk` (default 10); training then reads it
+    and checks K when `cache_topk` is set. `cache_epochs_policy`: what training epochs beyond the cached ones do
+    (`cycle` through the cached epochs, or `fail` before training starts).
+    """
 
     name: str = ""
     cache: Optional[str] = None
     cache_epochs_policy: Literal["cycle", "fail"] = "fail"
+    cache_topk: Optional[int] = None
 
 
 @dataclass
@@ -370,6 +376,8 @@ def validate_recipe(recipe: Recipe) -> None:
             raise ConfigError("teacher.name is required (or teacher.cache, a sparse-logit cache directory)")
         if recipe.teacher.name:
             check_model_name(recipe.teacher.name, "teacher.name")
+        if recipe.teacher.cache_topk is not None and recipe.teacher.cache_topk < 1:
+            raise ConfigError(f"teacher.cache_topk must be a positive integer, got {recipe.teacher.cache_topk}")
     if recipe.data.dataset == "folder" and not recipe.data.root:
         raise ConfigError("data.root is required when data.dataset is 'folder' (a folder with train/ and val/)")
     for key in ("img_size", "batch_size"):

@@ -161,3 +161,18 @@ def test_clear_errors_for_bad_inputs():
         ViTKDLoss(8, 12, reduction="sum")
     with pytest.raises(ValueError, match=r"mask_ratio must be in \(0, 1\]"):
         ViTKDLoss(8, 12, mask_ratio=0.0)
+
+
+def test_per_layer_widths_for_hooked_stages():
+    # e.g. CNN stages as teacher layers: one width per feature map (mimic layers, then the deep layer)
+    loss = ViTKDLoss(student_dim=8, teacher_dim=[4, 8, 6], num_mimic_layers=2, grid_size=(2, 2))
+    assert [type(p).__name__ for p in loss.mimic_projections] == ["Linear", "Identity"]
+    assert loss.generation_projection.out_features == 6 and loss.mask_token.shape == (1, 1, 6)
+    student = [torch.randn(2, 4, 8, requires_grad=True) for _ in range(3)]
+    teacher = [torch.randn(2, 4, width) for width in (4, 8, 6)]
+    assert torch.isfinite(loss(student, teacher))
+    with pytest.raises(ValueError, match=r"mimic layer 0\): widths student 8 / teacher 8 do not match the configured "
+                                         r"student_dim=8 / teacher_dim=4"):
+        loss(student, [torch.randn(2, 4, 8)] + teacher[1:])
+    with pytest.raises(ValueError, match=r"teacher_dim must be a positive int or 3 positive ints"):
+        ViTKDLoss(student_dim=8, teacher_dim=[4, 8], num_mimic_layers=2)

@@ -3,6 +3,10 @@
 Write with `SparseLogitWriter` (begin_epoch / write / finish_epoch, one or several ranks), read with
 `open_cache(path)` (`check_compatible`, `require_epochs`, `epoch_for`, `read`), turn targets into dense soft labels
 with `rebuild_soft_labels`. The on-disk layout is described in `vitkd.cache.format`.
+
+Around the storage: `vitkd.cache.logit_job.build_logit_cache` (`vitkd cache-logits`) runs a recipe's teacher over
+its augmented training stream; `vitkd.cache.run_identity` says what a cache must match to serve a run; training
+reads it through `vitkd.engine.cached_teacher.CachedTeacher` (`teacher.cache` in a recipe).
 """
 
 from vitkd.cache.errors import (

@@ -288,14 +288,19 @@ def build_manifest(
     teacher: Mapping[str, Any],
     dataset: Mapping[str, Any],
     augmentation_hash: str,
+    extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A fresh manifest (no completed epochs) for a cache with the given identity."""
+    """A fresh manifest (no completed epochs) for a cache with the given identity.
+
+    `extra` adds descriptive fields (e.g. the full augmentation recipe behind `augmentation_hash`); they may not
+    reuse a name of the fields built here.
+    """
     from vitkd import __version__ as vitkd_version
 
     index_dtype = index_dtype_for(num_classes)
     dtype = record_dtype(topk, index_dtype)
     now = utc_now()
-    return {
+    manifest = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "vitkd_version": vitkd_version,
@@ -318,6 +323,11 @@ def build_manifest(
         "completed_epochs": [],
         "skipped_samples": {},  # epoch (as text) -> number of samples the caching run skipped in it
     }
+    clashing = sorted(set(extra or {}) & set(manifest))
+    if clashing:
+        raise ValueError(f"extra manifest fields {clashing} clash with built-in fields; choose other names")
+    manifest.update(normalise_json_value(dict(extra or {})))
+    return manifest
 
 
 def manifest_path(cache_dir: str | os.PathLike) -> Path:

@@ -21,7 +21,8 @@ from vitkd.cache.reader import IntegrityReport, open_cache
 _MANIFEST_ORDER = (
     "format", "format_version", "vitkd_version", "created_time", "updated_time", "num_samples", "topk",
     "num_classes", "seed_dtype", "value_dtype", "index_dtype", "byte_order", "record_size", "record_layout",
-    "checksum", "epoch_file_pattern", "teacher", "dataset", "augmentation_hash", "completed_epochs", "skipped_samples",
+    "checksum", "epoch_file_pattern", "teacher", "dataset", "augmentation_hash", "augmentation", "recorded_with",
+    "completed_epochs", "skipped_samples",
 )
 
 

@@ -94,6 +94,8 @@ class SparseLogitWriter:
         rank, world_size: this process's place among the writers (0 and 1 for a single process).
         barrier: called to wait for all ranks; defaults to `torch.distributed.barrier` when world_size > 1 and
             torch.distributed is initialised. Constructing the writer and `finish_epoch` are collective calls.
+        extra_manifest: descriptive fields stored in a new cache's manifest (e.g. the augmentation recipe behind
+            `augmentation_hash`); not compared when an existing cache is reopened (the identity fields are).
 
     Raises:
         CacheMismatchError: `path` holds a cache built with different K, classes, samples, teacher, dataset or
@@ -113,6 +115,7 @@ class SparseLogitWriter:
         rank: int = 0,
         world_size: int = 1,
         barrier: Callable[[], None] | None = None,
+        extra_manifest: Mapping[str, Any] | None = None,
     ):
         self._check_arguments(num_samples, topk, num_classes, teacher_id, dataset_fingerprint, augmentation_hash,
                               rank, world_size)
@@ -129,6 +132,7 @@ class SparseLogitWriter:
         self._epoch: int | None = None
         self._shard_stream = None
         self.records_written = 0  # by this rank in the current epoch
+        self._extra_manifest = dict(extra_manifest or {})
         self._identity = {
             "num_samples": self.num_samples,
             "topk": self.topk,
@@ -220,6 +224,7 @@ class SparseLogitWriter:
             teacher=self._identity["teacher"],
             dataset=self._identity["dataset"],
             augmentation_hash=self._identity["augmentation_hash"],
+            extra=self._extra_manifest,
         )
         write_manifest_atomic(self.path, manifest)
 

@@ -69,9 +69,20 @@ def build_val_dataset(cfg: DataConfig) -> TransformDataset:
                                                        cfg.interpolation))
 
 
+def build_train_sampler(dataset: Dataset, seed: int, rank: int = 0, world_size: int = 1) -> DistributedSampler:
+    """The training order: a permutation per epoch (`set_epoch`; torch.randperm seeded with seed + epoch), rank r
+    taking every `world_size`-th index. The `len % world_size` samples left over at the end of each epoch's
+    permutation are left out that epoch (different ones every epoch) rather than padded with repeats, so no sample
+    appears twice in an epoch and every batch can be re-created exactly (`vitkd.data.replay`)."""
+    drop_tail = world_size > 1 and len(dataset) >= world_size
+    return DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
+                              drop_last=drop_tail)
+
+
 def build_train_loader(dataset: Dataset, cfg: DataConfig, seed: int, rank: int = 0, world_size: int = 1) -> DataLoader:
-    """Shuffled per epoch by `sampler.set_epoch` (seed + epoch), sharded over `world_size` ranks."""
-    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+    """Shuffled per epoch by `sampler.set_epoch` (seed + epoch), sharded over `world_size` ranks
+    (`build_train_sampler`). The last incomplete batch is dropped when a rank has more than one batch."""
+    sampler = build_train_sampler(dataset, seed, rank, world_size)
     drop_last = len(dataset) // world_size > cfg.batch_size
     return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
                       collate_fn=collate_skipping_corrupt, drop_last=drop_last, pin_memory=torch.cuda.is_available())

@@ -43,6 +43,10 @@ class SeededAugmentDataset(Dataset):
 
     Items: (image (3, H, W) float tensor, label int, sample id int, seed int), or None when the base dataset skipped
     a corrupt image. Call `set_epoch(epoch)` before each epoch.
+
+    `teacher_input(epoch, sample_id)` returns the exact image a teacher saw for a sample (what `vitkd cache-logits`
+    fed it and what training with `teacher.cache` trains on), Mixup/CutMix included once `use_batch_replay` has
+    attached the batch replay (training and the caching job do).
     """
 
     def __init__(self, base: Dataset, transform: Callable, base_seed: int) -> None:
@@ -50,6 +54,7 @@ class SeededAugmentDataset(Dataset):
         self.transform = transform
         self.base_seed = base_seed
         self.epoch = 0
+        self.batch_replay = None  # a vitkd.data.replay.BatchReplay, set by use_batch_replay()
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -69,14 +74,39 @@ class SeededAugmentDataset(Dataset):
             return self.transform(item[0])
 
     def __getitem__(self, index: int):
+        return self.item_at(self.epoch, index)
+
+    def item_at(self, epoch: int, index: int):
+        """The item of sample `index` at `epoch`, whatever `self.epoch` is: (image (3, H, W), label, index, seed) or
+        None for a skipped corrupt image."""
         item = self.base[index]
         if item is None:
             return None
         image, label = item
-        seed = self.seed_for(self.epoch, index)
+        seed = self.seed_for(epoch, index)
         with seeded_rng(seed):
             tensor = self.transform(image)
         return tensor, label, index, seed
+
+    def use_batch_replay(self, batch_replay) -> None:
+        """Attach a `vitkd.data.replay.BatchReplay` so `teacher_input` can re-create batch-level Mixup/CutMix."""
+        self.batch_replay = batch_replay
+
+    def teacher_input(self, epoch: int, sample_id: int) -> torch.Tensor:
+        """The exact (3, H, W) tensor the teacher saw for `sample_id` at data epoch `epoch`.
+
+        Without Mixup/CutMix that is `replay(epoch, sample_id)`. With them, the sample's whole batch (as the train
+        sampler formed it for this batch size and world size) is replayed and mixed, and the sample's row returned;
+        that needs the batch replay attached by `use_batch_replay` (without it the unmixed image is returned).
+        Bitwise equal to what `vitkd cache-logits` fed the teacher, so anyone can re-run the teacher on it and
+        compare with the cached top-K.
+
+        Raises:
+            ValueError: the sample is a skipped corrupt image.
+        """
+        if self.batch_replay is not None:
+            return self.batch_replay.teacher_input(epoch, sample_id)
+        return self.replay(epoch, sample_id)
 
 
 class TransformDataset(Dataset):

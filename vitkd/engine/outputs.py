@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -14,11 +14,15 @@ class StudentOutputs:
 
     logits: (B, C) class-token head. dist_logits: (B, C) distillation-token head, None for plain students.
     tokens: layer index -> (B, N_prefix + N, D) tokens of that block (NLC, prefix tokens first).
+    normed_tokens: layer index -> the same block's tokens after the model's final norm.
+    hooked: module name -> that module's output as it returned it (e.g. (B, C, H, W) for a conv stage).
     """
 
     logits: torch.Tensor
     dist_logits: Optional[torch.Tensor] = None
     tokens: dict[int, torch.Tensor] = field(default_factory=dict)
+    normed_tokens: dict[int, torch.Tensor] = field(default_factory=dict)
+    hooked: dict[str, Any] = field(default_factory=dict)
     num_prefix_tokens: int = 0
     grid_size: Optional[tuple[int, int]] = None
 
@@ -28,11 +32,14 @@ class TeacherOutputs:
     """One teacher forward, or targets read back from a sparse-logit cache.
 
     logits: (B, C). From a cache these are log-probabilities of the rebuilt soft label (softmax(logits) == probs).
-    tokens: layer index -> (B, N_prefix + N, D), only from a live teacher.
+    tokens: layer index -> (B, N_prefix + N, D), only from a live teacher; normed_tokens and hooked as for the
+    student (`StudentOutputs`).
     """
 
     logits: Optional[torch.Tensor] = None
     tokens: dict[int, torch.Tensor] = field(default_factory=dict)
+    normed_tokens: dict[int, torch.Tensor] = field(default_factory=dict)
+    hooked: dict[str, Any] = field(default_factory=dict)
     num_prefix_tokens: int = 0
     grid_size: Optional[tuple[int, int]] = None
     from_cache: bool = False

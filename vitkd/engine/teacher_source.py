@@ -1,4 +1,9 @@
-"""Where teacher outputs come from in a training step: nowhere, a live frozen teacher, or (later) a cache."""
+"""Where teacher outputs come from in a training step: nowhere, a live frozen teacher, or a sparse-logit cache
+(`vitkd.engine.cached_teacher.CachedTeacher`).
+
+Every source also says which data epoch to replay at a training epoch (`data_epoch`): the training epoch itself,
+except for a cache whose policy `cycle` reuses cached epochs (and so their images).
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,8 @@ from vitkd.models.teacher import FrozenTeacher
 class TeacherSource(Protocol):
     def __call__(self, images: torch.Tensor, batch: Batch, epoch: int) -> TeacherOutputs: ...
 
+    def data_epoch(self, epoch: int) -> int: ...
+
 
 class NoTeacher:
     """Recipes whose terms need no teacher (plain supervised training)."""
@@ -22,16 +29,26 @@ class NoTeacher:
     def __call__(self, images: torch.Tensor, batch: Batch, epoch: int) -> TeacherOutputs:
         return TeacherOutputs()
 
+    def data_epoch(self, epoch: int) -> int:
+        return epoch
+
 
 class OnlineTeacher:
-    """Runs the frozen teacher on the same (augmented, mixed) images the student sees."""
+    """Runs the frozen teacher on the same (augmented, mixed) images the student sees: one forward per step that
+    returns its logits and the tokens of `layers` (raw), `normed_layers` (after the final norm) and `hooks`."""
 
-    def __init__(self, teacher: FrozenTeacher, layers: Sequence[int] = ()) -> None:
+    def __init__(self, teacher: FrozenTeacher, layers: Sequence[int] = (), normed_layers: Sequence[int] = (),
+                 hooks: Sequence[str] = ()) -> None:
         self.teacher = teacher
         self.layers = tuple(layers)
+        self.normed_layers = tuple(normed_layers)
+        self.hooks = tuple(hooks)
 
     def __call__(self, images: torch.Tensor, batch: Batch, epoch: int) -> TeacherOutputs:
-        return forward_teacher(self.teacher, images, self.layers)
+        return forward_teacher(self.teacher, images, self.layers, self.normed_layers, self.hooks)
+
+    def data_epoch(self, epoch: int) -> int:
+        return epoch
 
 
 def needs_teacher(teacher_logits: bool, teacher_layers: Sequence[int]) -> bool:

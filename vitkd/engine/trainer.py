@@ -24,10 +24,12 @@ from vitkd.config import ConfigError, Recipe, dump_recipe, recipe_to_dict
 from vitkd.data.loader import (build_train_dataset, build_train_loader, build_val_dataset, build_val_loader,
                                num_classes_of)
 from vitkd.data.mixup import build_mixup
+from vitkd.data.replay import BatchReplay
 from vitkd.engine.amp import autocast, build_grad_scaler, resolve_amp_dtype
+from vitkd.engine.cached_teacher import open_cached_teacher
 from vitkd.engine.checkpoint import atomic_write, export_student, load_checkpoint, save_checkpoint
-from vitkd.engine.distributed import (DistributedContext, barrier, init_distributed, reduce_sums,
-                                      wrap_for_training)
+from vitkd.engine.distributed import (DistributedContext, average_gradients, barrier, broadcast_parameters,
+                                      init_distributed, reduce_sums, wrap_for_training)
 from vitkd.engine.evaluate import evaluate
 from vitkd.engine.metrics_log import MetricsLog
 from vitkd.engine.objective import DistillationObjective
@@ -90,6 +92,9 @@ class Trainer:
         self.val_loader = build_val_loader(self.val_dataset, cfg.eval_batch_size or cfg.batch_size, cfg.num_workers,
                                            self.context.rank, self.context.world_size)
         self.mixup = build_mixup(cfg, self.num_classes)
+        # lets `train_dataset.teacher_input(epoch, id)` re-create any (mixed) image of this run's batches
+        self.train_dataset.use_batch_replay(BatchReplay(self.train_dataset, cfg.batch_size, self.context.world_size,
+                                                        self.recipe.train.seed, self.mixup))
 
     def _model_kwargs(self, kwargs: dict, who: str) -> dict:
         kwargs = dict(kwargs)
@@ -119,29 +124,33 @@ class Trainer:
             student_info=describe_model(self.student),
             teacher_info=describe_model(self.teacher.model) if self.teacher else {},
             uses_cache=bool(self.recipe.teacher and self.recipe.teacher.cache), mixup_active=self.mixup is not None,
-            label_smoothing=self.recipe.data.label_smoothing, seed=self.recipe.train.seed)
+            label_smoothing=self.recipe.data.label_smoothing, seed=self.recipe.train.seed + self.context.rank,
+            img_size=self.recipe.data.img_size)
         self.objective = DistillationObjective(build_loss_terms(self.recipe, context)).to(self.device)
+        # the objective's trainable parts (projections...) live outside DDP: start every process from rank 0's copy
+        broadcast_parameters(self.objective, self.context)
         needs = self.objective.needs
-        if (needs.teacher_logits or needs.teacher_layers) and self.teacher is None and not context.uses_cache:
-            users = [name for name, term in zip(self.objective.names, self.objective.terms)
-                     if term.needs.teacher_logits or term.needs.teacher_layers]
+        if needs.uses_teacher and self.teacher is None and not context.uses_cache:
+            users = [name for name, term in zip(self.objective.names, self.objective.terms) if term.needs.uses_teacher]
             raise ConfigError(f"losses {users} need a teacher: set teacher.name (and teacher.checkpoint)")
         if needs.live_teacher_tokens and context.uses_cache:
-            users = [name for name, term in zip(self.objective.names, self.objective.terms) if term.needs.teacher_layers]
+            users = [name for name, term in zip(self.objective.names, self.objective.terms)
+                     if term.needs.live_teacher_tokens]
             raise ConfigError(f"losses {users} need the live teacher's tokens, which a logit cache cannot provide; "
                               f"remove teacher.cache and set teacher.name, or drop those losses")
         if needs.dist_logits:
             self.student.set_distilled_training(True)
         self.teacher_source: TeacherSource = self._build_teacher_source(needs)
-        self.student_runner = TappedStudent(self.student, needs.student_layers).to(self.device)
+        self.student_runner = TappedStudent(self.student, needs.student_layers, needs.student_normed_layers,
+                                            needs.student_hooks).to(self.device)
         self.trained_module = wrap_for_training(self.student_runner, self.context)
 
     def _build_teacher_source(self, needs) -> TeacherSource:
-        if self.teacher is not None and (needs.teacher_logits or needs.teacher_layers):
-            return OnlineTeacher(self.teacher, needs.teacher_layers)
-        if self.recipe.teacher is not None and self.recipe.teacher.cache:
-            raise ConfigError("teacher.cache: training from a sparse-logit cache is not available in this version "
-                              "of vitkd yet; use a live teacher (teacher.name)")
+        if self.teacher is not None and needs.uses_teacher:
+            return OnlineTeacher(self.teacher, needs.teacher_layers, needs.teacher_normed_layers, needs.teacher_hooks)
+        if self.recipe.teacher is not None and self.recipe.teacher.cache and needs.teacher_logits:
+            return open_cached_teacher(self.recipe, self.train_dataset, self.num_classes, self.mixup,
+                                       self.context.world_size, self.device)
         return NoTeacher()
 
     def _build_optimization(self) -> None:
@@ -206,8 +215,9 @@ class Trainer:
     # the loop
 
     def train_one_epoch(self, epoch: int) -> dict[str, float]:
-        self.train_dataset.set_epoch(epoch)
-        self.train_loader.sampler.set_epoch(epoch)
+        data_epoch = self.teacher_source.data_epoch(epoch)  # a cycled cache replays its cached epoch's images
+        self.train_dataset.set_epoch(data_epoch)
+        self.train_loader.sampler.set_epoch(data_epoch)
         self.trained_module.train()
         self.objective.train()
         sums: dict[str, float] = {}
@@ -227,7 +237,7 @@ class Trainer:
             labels = batch.labels.to(self.device, non_blocking=True)
             targets = Targets(labels=labels)
             if self.mixup is not None:
-                images, targets.soft = self.mixup(images, labels)
+                images, targets.soft = self.mixup(images, labels, batch.seeds)
             with autocast(self.device, self.amp_dtype):
                 student_outputs = self.trained_module(images)
                 teacher_outputs = self.teacher_source(images, batch, epoch)
@@ -239,6 +249,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             if self.scaler is not None:
                 self.scaler.scale(loss).backward()
+                average_gradients(self.objective, self.context)  # outside DDP: average its gradients here
                 if clip:
                     self.scaler.unscale_(self.optimizer)
                     nn.utils.clip_grad_norm_(self.optimizer_parameters(), clip)
@@ -246,6 +257,7 @@ class Trainer:
                 self.scaler.update()
             else:
                 loss.backward()
+                average_gradients(self.objective, self.context)  # outside DDP: average its gradients here
                 if clip:
                     nn.utils.clip_grad_norm_(self.optimizer_parameters(), clip)
                 self.optimizer.step()

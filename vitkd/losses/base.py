@@ -19,24 +19,45 @@ from vitkd.engine.outputs import StudentOutputs, TeacherOutputs, Targets
 
 @dataclass(frozen=True)
 class LossNeeds:
-    """What a loss term reads. Layer indices are resolved (non-negative) block indices."""
+    """What a loss term reads from the one student forward and the one teacher forward of a step.
+
+    Layer indices are resolved (non-negative) block indices. `*_layers` are raw block outputs, `*_normed_layers`
+    block outputs after the model's final norm (ViTKD's deep layer), `*_hooks` outputs of modules named in
+    `model.named_modules()` (forward hooks, for models without ViT blocks such as a CNN teacher).
+    """
 
     teacher_logits: bool = False
     dist_logits: bool = False
     student_layers: tuple[int, ...] = ()
     teacher_layers: tuple[int, ...] = ()
+    student_normed_layers: tuple[int, ...] = ()
+    teacher_normed_layers: tuple[int, ...] = ()
+    student_hooks: tuple[str, ...] = ()
+    teacher_hooks: tuple[str, ...] = ()
 
     @property
     def live_teacher_tokens(self) -> bool:
         """Teacher tokens exist only for a live teacher: a sparse-logit cache cannot serve them."""
-        return bool(self.teacher_layers)
+        return bool(self.teacher_layers or self.teacher_normed_layers or self.teacher_hooks)
+
+    @property
+    def uses_teacher(self) -> bool:
+        """True when a term reads anything from the teacher (logits or tokens)."""
+        return self.teacher_logits or self.live_teacher_tokens
 
     def union(self, other: "LossNeeds") -> "LossNeeds":
+        def merged(name: str) -> tuple:
+            return tuple(sorted(set(getattr(self, name)) | set(getattr(other, name))))
+
         return LossNeeds(
             teacher_logits=self.teacher_logits or other.teacher_logits,
             dist_logits=self.dist_logits or other.dist_logits,
-            student_layers=tuple(sorted(set(self.student_layers) | set(other.student_layers))),
-            teacher_layers=tuple(sorted(set(self.teacher_layers) | set(other.teacher_layers))),
+            student_layers=merged("student_layers"),
+            teacher_layers=merged("teacher_layers"),
+            student_normed_layers=merged("student_normed_layers"),
+            teacher_normed_layers=merged("teacher_normed_layers"),
+            student_hooks=merged("student_hooks"),
+            teacher_hooks=merged("teacher_hooks"),
         )
 
 
@@ -46,6 +67,9 @@ class TermContext:
 
     student_info / teacher_info: `vitkd.models.describe_model` dicts (embed_dim, depth, grid_size, num_prefix_tokens).
     teacher is None when targets come from a sparse-logit cache.
+    img_size: the training input size (B, 3, img_size, img_size) both models see; terms may probe shapes with it.
+    seed: this process's seed for a term's own generators: the recipe's `train.seed` plus the process rank, so
+    masks and random samples differ across processes but replay exactly on resume.
     """
 
     student: nn.Module
@@ -57,6 +81,7 @@ class TermContext:
     mixup_active: bool = False
     label_smoothing: float = 0.0
     seed: int = 0
+    img_size: int = 224
 
 
 class LossTerm(nn.Module):

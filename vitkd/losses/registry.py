@@ -88,4 +88,5 @@ def build_loss_terms(recipe: "Recipe", context: TermContext) -> list[tuple[str, 
 
 def _import_builtin_terms() -> None:
     """Importing the term modules registers them."""
+    import vitkd.losses.feature_terms  # noqa: F401
     import vitkd.losses.logit_terms  # noqa: F401

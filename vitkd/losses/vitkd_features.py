@@ -62,13 +62,15 @@ class ViTKDLoss(nn.Module):
     so a resumed run draws the same masks as an uninterrupted one.
     """
 
-    def __init__(self, student_dim: int, teacher_dim: int, num_mimic_layers: int = 2,
+    def __init__(self, student_dim: int | Sequence[int], teacher_dim: int | Sequence[int], num_mimic_layers: int = 2,
                  grid_size: tuple[int, int] | None = None, mask_ratio: float = 0.5, alpha: float = 3e-5,
                  beta: float = 3e-6, reduction: str = "sum_per_batch", seed: int = 0) -> None:
         """
         Args:
-            student_dim: student token width ``Ds``.
-            teacher_dim: teacher token width ``Dt``.
+            student_dim: student token width ``Ds``, or one width per feature map (``num_mimic_layers + 1``
+                entries: the mimic layers, then the deep layer) when they differ, e.g. hooked CNN stages.
+            teacher_dim: teacher token width ``Dt``, or one per feature map as for ``student_dim``. The mask token
+                and the generation block work at the deep layer's teacher width.
             num_mimic_layers: number of shallow blocks mimicked (paper: 2).
             grid_size: ``(H, W)`` patch grid; ``None`` infers a square grid from ``N`` at each call.
             mask_ratio: ``lambda`` in ``(0, 1]``, the fraction of deep tokens masked per sample (paper: 0.5).
@@ -86,21 +88,25 @@ class ViTKDLoss(nn.Module):
             raise ValueError(f"ViTKDLoss: num_mimic_layers must be >= 0, got {num_mimic_layers}")
         if grid_size is not None and (len(grid_size) != 2 or min(grid_size) <= 0):
             raise ValueError(f"ViTKDLoss: grid_size must be (H, W) with positive sides, got {grid_size}")
-        self.student_dim, self.teacher_dim = student_dim, teacher_dim
+        self.student_dims = _per_layer(student_dim, num_mimic_layers + 1, "student_dim")
+        self.teacher_dims = _per_layer(teacher_dim, num_mimic_layers + 1, "teacher_dim")
+        # the deep layer's widths: what the mask token and generation block work at
+        self.student_dim, self.teacher_dim = self.student_dims[-1], self.teacher_dims[-1]
         self.num_mimic_layers = num_mimic_layers
         self.grid_size = tuple(grid_size) if grid_size is not None else None
         self.mask_ratio, self.alpha, self.beta, self.reduction = mask_ratio, alpha, beta, reduction
 
-        def projection() -> nn.Module:
-            return nn.Linear(student_dim, teacher_dim) if student_dim != teacher_dim else nn.Identity()
+        def projection(position: int) -> nn.Module:
+            s_dim, t_dim = self.student_dims[position], self.teacher_dims[position]
+            return nn.Linear(s_dim, t_dim) if s_dim != t_dim else nn.Identity()
 
-        self.mimic_projections = nn.ModuleList([projection() for _ in range(num_mimic_layers)])
-        self.generation_projection = projection()
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, teacher_dim))
+        self.mimic_projections = nn.ModuleList([projection(position) for position in range(num_mimic_layers)])
+        self.generation_projection = projection(num_mimic_layers)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, self.teacher_dim))
         self.generation_block = nn.Sequential(
-            nn.Conv2d(teacher_dim, teacher_dim, kernel_size=3, padding=1),
+            nn.Conv2d(self.teacher_dim, self.teacher_dim, kernel_size=3, padding=1),
             nn.ReLU(inplace=True),
-            nn.Conv2d(teacher_dim, teacher_dim, kernel_size=3, padding=1),
+            nn.Conv2d(self.teacher_dim, self.teacher_dim, kernel_size=3, padding=1),
         )
         self.generator = torch.Generator().manual_seed(seed)
         self.last_terms: dict[str, torch.Tensor] = {}
@@ -163,10 +169,11 @@ class ViTKDLoss(nn.Module):
             raise ValueError(
                 f"ViTKDLoss ({role}): student {tuple(s.shape)} and teacher {tuple(t.shape)} differ in batch or token "
                 f"count; strip prefix tokens (split_prefix) and align token grids (align_token_grid) first")
-        if s.shape[-1] != self.student_dim or t.shape[-1] != self.teacher_dim:
+        s_dim, t_dim = self.student_dims[position], self.teacher_dims[position]
+        if s.shape[-1] != s_dim or t.shape[-1] != t_dim:
             raise ValueError(
                 f"ViTKDLoss ({role}): widths student {s.shape[-1]} / teacher {t.shape[-1]} do not match the "
-                f"configured student_dim={self.student_dim} / teacher_dim={self.teacher_dim}")
+                f"configured student_dim={s_dim} / teacher_dim={t_dim}")
 
     def _grid(self, num_tokens: int) -> tuple[int, int]:
         if self.grid_size is not None:
@@ -187,6 +194,18 @@ class ViTKDLoss(nn.Module):
         self.generator.set_state(state["generator_state"])
 
     def extra_repr(self) -> str:
-        return (f"student_dim={self.student_dim}, teacher_dim={self.teacher_dim}, "
+        def widths(dims: list[int]) -> int | list[int]:
+            return dims[0] if len(set(dims)) == 1 else dims
+
+        return (f"student_dim={widths(self.student_dims)}, teacher_dim={widths(self.teacher_dims)}, "
                 f"num_mimic_layers={self.num_mimic_layers}, grid_size={self.grid_size}, mask_ratio={self.mask_ratio}, "
                 f"alpha={self.alpha}, beta={self.beta}, reduction={self.reduction!r}")
+
+
+def _per_layer(width: int | Sequence[int], count: int, name: str) -> list[int]:
+    """One width per feature map: an int is repeated, a sequence must have ``count`` positive entries."""
+    widths = [width] * count if isinstance(width, int) else list(width)
+    if len(widths) != count or any(isinstance(w, bool) or not isinstance(w, int) or w <= 0 for w in widths):
+        raise ValueError(f"ViTKDLoss: {name} must be a positive int or {count} positive ints (the mimic layers, "
+                         f"then the deep layer), got {width!r}")
+    return widths
