@@ -1,6 +1,7 @@
 """Recipe validation: every bad input fails before any work, naming the key path and the valid choices."""
 
 import pytest
+import yaml
 
 from vitkd.config import ConfigError, load_recipe
 
@@ -98,3 +99,15 @@ def test_folder_dataset_needs_root(tiny_recipe):
     raw["data"]["dataset"] = "folder"
     with pytest.raises(ConfigError, match=r"data\.root is required"):
         load_recipe(raw=raw)
+
+
+def test_off_and_on_stay_strings_in_files_and_overrides(tmp_path, tiny_recipe):
+    # YAML 1.1 would read `off` as False; recipes use YAML 1.2 booleans (only true/false).
+    recipe = load_recipe(raw=tiny_recipe(), overrides=["train.amp=off", "train.ema=true", "optim.lr=1e-3"])
+    assert recipe.train.amp == "off" and recipe.train.ema is True and recipe.optim.lr == 0.001
+    path = tmp_path / "r.yaml"
+    raw = tiny_recipe()
+    raw["train"]["amp"] = "off"
+    path.write_text(yaml.safe_dump(raw).replace("amp: 'off'", "amp: off"))
+    assert "amp: off" in path.read_text()
+    assert load_recipe(path).train.amp == "off"

@@ -26,12 +26,16 @@ from vitkd.engine.checkpoint import atomic_write
 class DemoRow:
     recipe: str  # file name in recipes/demo/
     method: str  # what the report calls it
+    builds_cache: bool = False  # run `cache-logits` for the recipe's teacher before training the row
 
 
 DEMO_ROWS = (
     DemoRow("teacher_cnn.yaml", "teacher (CNN, labels only)"),
     DemoRow("vit_plain.yaml", "no distillation"),
     DemoRow("deit_hard.yaml", "DeiT token, hard (CNN teacher)"),
+    DemoRow("cached_kd.yaml", "logit KD from cached top-5 teacher logits", builds_cache=True),
+    DemoRow("vitkd.yaml", "ViTKD + logit KD (CNN teacher)"),
+    DemoRow("manifold.yaml", "ManifoldKD + logit KD (CNN teacher)"),
 )
 
 
@@ -49,11 +53,17 @@ def _demo_recipe(row: DemoRow, demo_dir: Path, epochs_scale: float, extra_overri
                  *extra_overrides]
     if recipe.teacher is not None and recipe.teacher.checkpoint:
         overrides.append(f"teacher.checkpoint={demo_dir / Path(recipe.teacher.checkpoint).name}")
+    if recipe.teacher is not None and recipe.teacher.cache:
+        overrides.append(f"teacher.cache={demo_dir / Path(recipe.teacher.cache).name}")
     return load_recipe(demo_recipes_dir() / row.recipe, overrides)
 
 
-def _train_or_reuse(recipe: Recipe) -> dict[str, Any]:
-    """Reuse a finished run of the same recipe, resume an interrupted one, else train from scratch."""
+def _train_or_reuse(recipe: Recipe, builds_cache: bool = False) -> dict[str, Any]:
+    """Reuse a finished run of the same recipe, resume an interrupted one, else train from scratch.
+
+    With `builds_cache`, the teacher's sparse-logit cache is written (or completed) first; a finished cache is reused.
+    """
+    from vitkd.cache.logit_job import build_logit_cache
     from vitkd.engine.trainer import train
 
     run_dir = recipe.run_dir
@@ -63,6 +73,9 @@ def _train_or_reuse(recipe: Recipe) -> dict[str, Any]:
         if summary.get("epochs") == recipe.train.epochs and summary.get("top1") is not None:
             print(f"[demo] reusing finished run {run_dir}")
             return summary
+    if builds_cache:
+        print(f"[demo] caching the teacher's top-{recipe.teacher.cache_topk} logits in {recipe.teacher.cache}")
+        build_logit_cache(recipe, progress=recipe.train.progress)
     if (run_dir / "checkpoints" / "last.pt").is_file():
         if not same_recipe:
             raise ValueError(f"{run_dir} holds a run of a different recipe; rerun the demo with --fresh to retrain")
@@ -111,7 +124,7 @@ def run_demo(output_dir: str = "runs", epochs_scale: float = 1.0, fresh: bool = 
     for row in DEMO_ROWS:
         recipe = _demo_recipe(row, demo_dir, epochs_scale, extra_overrides)
         print(f"[demo] {row.method}: {recipe.student.name}, {recipe.train.epochs} epochs")
-        summary = _train_or_reuse(recipe)
+        summary = _train_or_reuse(recipe, row.builds_cache)
         record = _profile_row(recipe, summary)
         records.append(record)
         rows.append({"run": recipe.name, "model": recipe.student.name, "method": row.method,

@@ -33,7 +33,7 @@ from vitkd.data.loader import build_train_dataset, collate_skipping_corrupt, num
 from vitkd.data.mixup import build_mixup
 from vitkd.data.replay import BatchReplay
 from vitkd.engine.amp import autocast, resolve_amp_dtype
-from vitkd.engine.distributed import DistributedContext, init_distributed
+from vitkd.engine.distributed import DistributedContext, init_distributed, set_cpu_threads
 from vitkd.engine.rng import seed_everything
 from vitkd.models.factory import build_model
 from vitkd.models.teacher import FrozenTeacher
@@ -118,6 +118,7 @@ def build_logit_cache(recipe: Recipe, epochs: Optional[int] = None, topk: Option
     start = time.perf_counter()
     epochs, topk, output = resolve_cache_settings(recipe, epochs, topk, output)
     context = context or init_distributed(recipe.train.device)
+    set_cpu_threads(recipe.train.cpu_threads)
     device = context.device
     seed_everything(recipe.train.seed, recipe.train.deterministic)
     data = recipe.data

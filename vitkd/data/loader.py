@@ -94,8 +94,10 @@ def build_val_loader(dataset: Dataset, batch_size: int, num_workers: int, rank: 
     sampler: Any = None
     if world_size > 1:
         sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=False, drop_last=False)
+    # Evaluation data has no per-epoch state, so its workers can live across epochs (training's cannot: the
+    # training dataset's epoch is set in the main process before each epoch).
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=num_workers,
-                      collate_fn=collate_skipping_corrupt)
+                      collate_fn=collate_skipping_corrupt, persistent_workers=num_workers > 0)
 
 
 def build_eval_loader(dataset: str, root: Optional[str], img_size: int, batch_size: int,

@@ -38,6 +38,15 @@ def resolve_device(requested: str, local_rank: int = 0) -> torch.device:
     return device
 
 
+def set_cpu_threads(threads: int | None) -> None:
+    """Intra-op CPU threads of this process (None: leave torch's default)."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise ValueError(f"train.cpu_threads must be a positive integer or null, got {threads}")
+    torch.set_num_threads(threads)
+
+
 def init_distributed(requested_device: str = "auto") -> DistributedContext:
     """Join the process group when launched by torchrun (WORLD_SIZE > 1), else a single-process context."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))

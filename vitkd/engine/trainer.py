@@ -29,7 +29,7 @@ from vitkd.engine.amp import autocast, build_grad_scaler, resolve_amp_dtype
 from vitkd.engine.cached_teacher import open_cached_teacher
 from vitkd.engine.checkpoint import atomic_write, export_student, load_checkpoint, save_checkpoint
 from vitkd.engine.distributed import (DistributedContext, average_gradients, barrier, broadcast_parameters,
-                                      init_distributed, reduce_sums, wrap_for_training)
+                                      init_distributed, reduce_sums, set_cpu_threads, wrap_for_training)
 from vitkd.engine.evaluate import evaluate
 from vitkd.engine.metrics_log import MetricsLog
 from vitkd.engine.objective import DistillationObjective
@@ -57,6 +57,7 @@ class Trainer:
     def __init__(self, recipe: Recipe, resume: bool = False, context: Optional[DistributedContext] = None) -> None:
         self.recipe = recipe
         self.context = context or init_distributed(recipe.train.device)
+        set_cpu_threads(recipe.train.cpu_threads)
         self.device = self.context.device
         self.run_dir = recipe.run_dir
         self.last_path = self.run_dir / "checkpoints" / "last.pt"
