@@ -65,8 +65,8 @@ class ModelConfig:
 class TeacherConfig(ModelConfig):
     """The frozen teacher. `cache` (a sparse-logit cache directory) replaces the live teacher when set.
 
-    `vitkd cache-logits` writes the cache into `cache` with K = `cache_topk` (default 10); training then reads it
-    and checks K when `cache_topk` is set. `cache_epochs_policy`: what training epochs beyond the cached ones do
+    `vitkd cache-logits` writes the cache into `cache` with K = `cache_topk`; training then reads it and refuses a
+    cache of another K. Unset, K is 10 (or the class count when the dataset has fewer classes) for both. `cache_epochs_policy`: what training epochs beyond the cached ones do
     (`cycle` through the cached epochs, or `fail` before training starts).
     """
 

@@ -33,6 +33,7 @@ DEMO_ROWS = (
     DemoRow("teacher_cnn.yaml", "teacher (CNN, labels only)"),
     DemoRow("vit_plain.yaml", "no distillation"),
     DemoRow("deit_hard.yaml", "DeiT token, hard (CNN teacher)"),
+    DemoRow("logit_kd.yaml", "logit KD (CNN teacher, online)"),
     DemoRow("cached_kd.yaml", "logit KD from cached top-5 teacher logits", builds_cache=True),
     DemoRow("vitkd.yaml", "ViTKD + logit KD (CNN teacher)"),
     DemoRow("manifold.yaml", "ManifoldKD + logit KD (CNN teacher)"),

@@ -187,11 +187,22 @@ def test_cached_kd_and_deit_train_without_ever_building_the_teacher(built, tmp_p
         assert all(torch.isfinite(torch.tensor(v)) for k, v in trainer.train_one_epoch(0).items() if "/" in k)
 
 
-def test_feature_losses_refuse_the_cache(built, tmp_path):
+@pytest.mark.parametrize("feature_loss", ["vitkd", "manifold"])
+def test_feature_losses_refuse_the_cache(built, tmp_path, feature_loss):
     raw = _raw_with(built, tmp_path)
-    raw["losses"] = [{"name": "ce"}, {"name": "vitkd"}]
-    with pytest.raises((ConfigError, ValueError), match=r"cache|teacher"):
+    raw["losses"] = [{"name": "ce"}, {"name": feature_loss, "student_layers": [0], "teacher_layers": ["features.2"]}]
+    with pytest.raises(ConfigError, match=rf"'{feature_loss}'.*live teacher's tokens.*remove teacher\.cache"):
         Trainer(load_recipe(raw=raw))
+
+
+def test_cache_recorded_with_other_library_versions_warns_by_name(built, tmp_path):
+    copy = _copy_cache(built, tmp_path)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["recorded_with"]["timm"] = "0.0.1"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.warns(UserWarning, match=r"timm 0\.0\.1.*this run has timm"):
+        trainer = Trainer(load_recipe(raw=_raw_with(built, tmp_path, cache=copy)))
+    assert isinstance(trainer.teacher_source, CachedTeacher)
 
 
 def test_cycle_policy_replays_the_cached_epochs_and_fail_refuses_before_training(built, tmp_path):
@@ -216,6 +227,7 @@ def test_cycle_policy_replays_the_cached_epochs_and_fail_refuses_before_training
     ({"data": {"batch_size": 32}}, "augmentation.batch_replay.batch_size"),
     ({"train": {"seed": 3}}, "augmentation.seed"),
     ({"teacher": {"cache_topk": 10}}, "topk"),
+    ({"teacher": {"cache_topk": None}}, "topk"),  # unset means K = 10, not "whatever the cache holds"
     ({"teacher": {"name": "resnet18"}}, "teacher.name"),
     ({"teacher": {"kwargs": {"drop_rate": 0.1}}}, "teacher.kwargs"),
 ])

@@ -49,6 +49,8 @@ FORMAT_VERSION = 1
 SUPPORTED_FORMAT_VERSIONS = (1,)
 MANIFEST_NAME = "manifest.json"
 EPOCH_FILE_PATTERN = "epoch_{epoch:04d}.bin"
+#: K when a recipe leaves `teacher.cache_topk` unset: TinyViT's ImageNet-1k setting (use 100 for 21k-class data).
+DEFAULT_TOPK = 10
 MAX_CLASSES_FOR_INT16 = 32767  # largest class index an int16 holds
 SEED_DTYPE = np.dtype("<u4")
 VALUE_DTYPE = np.dtype("<f2")
@@ -75,6 +77,11 @@ REQUIRED_MANIFEST_FIELDS = (
 # ----------------------------------------------------------------------------------------------------------------
 # record layout
 # ----------------------------------------------------------------------------------------------------------------
+
+
+def default_topk(num_classes: int | None) -> int:
+    """K when the recipe leaves `teacher.cache_topk` unset: 10, or the class count when the data has fewer classes."""
+    return DEFAULT_TOPK if num_classes is None else min(DEFAULT_TOPK, num_classes)
 
 
 def index_dtype_for(num_classes: int) -> np.dtype:

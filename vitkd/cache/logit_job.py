@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from vitkd.cache.format import load_manifest, manifest_path
+from vitkd.cache.format import DEFAULT_TOPK, default_topk, load_manifest, manifest_path
 from vitkd.cache.run_identity import (augmentation_hash, augmentation_record, dataset_record, recorded_with,
                                       run_mismatch_error, run_mismatches, teacher_record)
 from vitkd.cache.writer import SparseLogitWriter
@@ -38,8 +38,6 @@ from vitkd.engine.rng import seed_everything
 from vitkd.models.factory import build_model
 from vitkd.models.teacher import FrozenTeacher
 
-#: TinyViT's ImageNet-1k setting (use 100 for 21k-class data).
-DEFAULT_TOPK = 10
 
 
 @dataclass
@@ -71,7 +69,7 @@ def resolve_cache_settings(recipe: Recipe, epochs: Optional[int], topk: Optional
     epochs = recipe.train.epochs if epochs is None else int(epochs)
     if epochs < 1:
         raise ConfigError(f"cache-logits: epochs must be a positive integer, got {epochs}")
-    topk = int(topk if topk is not None else (teacher.cache_topk or DEFAULT_TOPK))
+    topk = int(topk if topk is not None else (teacher.cache_topk or default_topk(None)))
     if topk < 1:
         raise ConfigError(f"cache-logits: topk must be a positive integer, got {topk}")
     output = output if output is not None else teacher.cache
@@ -116,6 +114,7 @@ def build_logit_cache(recipe: Recipe, epochs: Optional[int] = None, topk: Option
         CacheMismatchError: `output` holds a cache made for other settings (each differing field is named).
     """
     start = time.perf_counter()
+    explicit_topk = topk is not None or recipe.teacher is not None and recipe.teacher.cache_topk is not None
     epochs, topk, output = resolve_cache_settings(recipe, epochs, topk, output)
     context = context or init_distributed(recipe.train.device)
     set_cpu_threads(recipe.train.cpu_threads)
@@ -124,6 +123,8 @@ def build_logit_cache(recipe: Recipe, epochs: Optional[int] = None, topk: Option
     data = recipe.data
     dataset = build_train_dataset(data, recipe.train.seed)
     num_classes = num_classes_of(dataset)
+    if not explicit_topk:
+        topk = default_topk(num_classes)
     if topk > num_classes:
         raise ConfigError(f"cache-logits: topk={topk} exceeds the dataset's {num_classes} classes")
     mixup = build_mixup(data, num_classes)

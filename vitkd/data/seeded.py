@@ -23,13 +23,17 @@ def augmentation_seed(base_seed: int, epoch: int, sample_id: int) -> int:
 
 @contextlib.contextmanager
 def seeded_rng(seed: int) -> Iterator[None]:
-    """Seed Python's, NumPy's and torch's CPU RNGs for the block, then restore their previous states."""
+    """Seed Python's, NumPy's and torch's CPU RNGs for the block, then restore their previous states.
+
+    Only the CPU generator is seeded (not `torch.manual_seed`, which also reseeds every CUDA device and would tie the
+    student's dropout/drop-path masks on the GPU to the last sample's augmentation seed).
+    """
     python_state = random.getstate()
     numpy_state = np.random.get_state()
     torch_state = torch.random.get_rng_state()
     random.seed(seed)
     np.random.seed(seed)
-    torch.manual_seed(seed)
+    torch.default_generator.manual_seed(seed)
     try:
         yield
     finally:

@@ -17,9 +17,10 @@ from typing import Any, Optional
 import torch
 
 from vitkd.cache.errors import CacheMismatchError
+from vitkd.cache.format import default_topk
 from vitkd.cache.reader import SparseLogitReader, open_cache
-from vitkd.cache.run_identity import (augmentation_record, checkpoint_hash, dataset_record, run_mismatch_error,
-                                      run_mismatches)
+from vitkd.cache.run_identity import (augmentation_record, checkpoint_hash, dataset_record, recorded_with,
+                                     run_mismatch_error, run_mismatches)
 from vitkd.cache.soft_labels import cached_argmax, rebuild_soft_labels
 from vitkd.config import Recipe
 from vitkd.data.loader import Batch
@@ -123,8 +124,26 @@ def open_cached_teacher(recipe: Recipe, dataset: Any, num_classes: int, mixup: O
     mismatches = run_mismatches(
         reader.manifest, num_samples=len(dataset), num_classes=num_classes, dataset=dataset_record(dataset, data),
         augmentation=augmentation_record(data, recipe.train.seed, mixup, data.batch_size, world_size),
-        topk=teacher.cache_topk, teacher=expected_teacher_fields(recipe))
+        topk=teacher.cache_topk if teacher.cache_topk is not None else default_topk(num_classes),
+        teacher=expected_teacher_fields(recipe))
     if mismatches:
         raise run_mismatch_error(mismatches, reader.path, action="train from it")
     reader.require_epochs(recipe.train.epochs, teacher.cache_epochs_policy)
+    _warn_on_other_library_versions(reader)
     return CachedTeacher(reader, num_classes, device)
+
+
+def _warn_on_other_library_versions(reader: SparseLogitReader) -> None:
+    """A cache written under other torch/timm versions may replay transforms that round differently: say so by name.
+
+    Not an error: the per-step seed check and the transform hash still hold, and most upgrades change nothing.
+    """
+    recorded = reader.manifest.get("recorded_with") or {}
+    current = recorded_with()
+    differing = [f"{library} {recorded[library]}" for library in sorted(current)
+                 if library in recorded and recorded[library] != current[library]]
+    if differing:
+        now = ", ".join(f"{library} {current[library]}" for library in sorted(current))
+        warnings.warn(f"the cache {reader.path} was written with {', '.join(differing)}; this run has {now}. Replayed "
+                      f"augmentations may differ slightly from the images the teacher saw; rebuild the cache with "
+                      f"`vitkd cache-logits` to be exact", stacklevel=3)

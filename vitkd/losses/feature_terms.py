@@ -65,13 +65,13 @@ class FeaturePairs(nn.Module):
 
     def student(self, outputs: StudentOutputs) -> list[torch.Tensor]:
         return [patch_tokens(select_output(outputs, point), outputs.grid_size, outputs.num_prefix_tokens,
-                             f"student {point.describe()}")[0] for point in self.student_points]
+                             f"student {point.describe()}", point.channels_last)[0] for point in self.student_points]
 
     def teacher(self, outputs: TeacherOutputs) -> list[torch.Tensor]:
         feats = []
         for point, s_shape in zip(self.teacher_points, self.student_shapes):
             tokens, grid = patch_tokens(select_output(outputs, point), outputs.grid_size, outputs.num_prefix_tokens,
-                                        f"teacher {point.describe()}")
+                                        f"teacher {point.describe()}", point.channels_last)
             mode = "interpolate" if self.grid_mismatch == "interpolate" else "error"
             feats.append(align_token_grid(tokens.detach(), grid, s_shape.grid, mode=mode))  # (B, N_student, Dt)
         return feats

@@ -14,6 +14,9 @@ ViT blocks (``features.5`` of the demo's CNN teacher) or for a sub-module of a b
   off the tensor (tokens minus grid cells) and must be 0 or the model's ``num_prefix_tokens``: CaiT reports one
   prefix token but its ``blocks`` never carry it (the class token joins later, in the class-attention blocks).
 * ``(B, C, H, W)`` feature maps (conv stages) become ``(B, H * W, C)`` tokens, row-major like ViT patches.
+* ``(B, H, W, C)`` maps (channels-last stages, e.g. Swin's) must say so: name the module with the suffix ``:nhwc``
+  (``layers.2:nhwc``). A 4-D output cannot tell its layout by itself, and reading it the wrong way round would
+  silently give meaningless tokens.
 """
 from __future__ import annotations
 
@@ -27,21 +30,28 @@ from torch import nn
 
 from vitkd.models.layer_mapping import resolve_layer_indices
 
+#: suffix of a module name whose 4-D output is channels-last, (B, H, W, C)
+CHANNELS_LAST_SUFFIX = ":nhwc"
+
 __all__ = ["FeaturePoint", "FeatureShape", "patch_tokens", "probe_feature_shapes", "resolve_feature_points",
            "select_output", "tap_requests"]
 
 
 @dataclass(frozen=True)
 class FeaturePoint:
-    """One place to read tokens from: ``block`` (absolute index into ``model.blocks``) or ``module`` (a name)."""
+    """One place to read tokens from: ``block`` (absolute index into ``model.blocks``) or ``module`` (a name).
+
+    ``channels_last``: the module returns ``(B, H, W, C)`` maps rather than ``(B, C, H, W)``.
+    """
 
     block: int | None = None
     module: str | None = None
     normed: bool = False
+    channels_last: bool = False
 
     def describe(self) -> str:
         if self.module is not None:
-            return f"module '{self.module}'"
+            return f"module '{self.module}'" + (" (NHWC)" if self.channels_last else "")
         return f"block {self.block}" + (" (after the final norm)" if self.normed else "")
 
 
@@ -64,7 +74,8 @@ def resolve_feature_points(entries: Sequence[Any], model: nn.Module, key: str, n
     """Validate recipe entries against ``model`` and turn them into feature points.
 
     Args:
-        entries: ints (block indices, negative allowed) and/or strings (module names).
+        entries: ints (block indices, negative allowed) and/or strings (module names; the suffix ``:nhwc`` marks a
+            module whose 4-D output is ``(B, H, W, C)``).
         model: the model the points belong to.
         key: the recipe key the entries came from, used in every error (e.g. ``"teacher_layers"``).
         normed: read int entries after the model's final norm (``model.norm``); ignored for module names.
@@ -79,12 +90,15 @@ def resolve_feature_points(entries: Sequence[Any], model: nn.Module, key: str, n
     points = []
     for entry in entries:
         if isinstance(entry, str):
+            channels_last = entry.lower().endswith(CHANNELS_LAST_SUFFIX)
+            if channels_last:
+                entry = entry[: -len(CHANNELS_LAST_SUFFIX)]
             if not entry or entry not in modules:
                 close = difflib.get_close_matches(entry, [n for n in modules if n], n=5, cutoff=0.5)
                 top_level = [n for n in modules if n and "." not in n]
                 hint = f"close matches: {close}" if close else f"top-level modules: {top_level}"
                 raise ValueError(f"{key}: {who} has no module named {entry!r} to hook; {hint}")
-            points.append(FeaturePoint(module=entry))
+            points.append(FeaturePoint(module=entry, channels_last=channels_last))
         elif isinstance(entry, int) and not isinstance(entry, bool):
             if depth is None:
                 top_level = [n for n in modules if n and "." not in n]
@@ -121,19 +135,23 @@ def select_output(outputs: Any, point: FeaturePoint) -> Any:
     return store[key]
 
 
-def patch_tokens(output: Any, grid_size: tuple[int, int] | None, num_prefix_tokens: int, where: str = "feature"
-                 ) -> tuple[torch.Tensor, tuple[int, int]]:
+def patch_tokens(output: Any, grid_size: tuple[int, int] | None, num_prefix_tokens: int, where: str = "feature",
+                 channels_last: bool = False) -> tuple[torch.Tensor, tuple[int, int]]:
     """Patch tokens ``(B, H * W, D)`` and their grid ``(H, W)`` from a tapped output.
 
     Args:
-        output: ``(B, P + H * W, D)`` tokens on the model's patch grid, or a ``(B, C, H, W)`` feature map.
+        output: ``(B, P + H * W, D)`` tokens on the model's patch grid, or a ``(B, C, H, W)`` feature map
+            (``(B, H, W, C)`` with ``channels_last``).
         grid_size: the model's patch grid ``(H, W)`` for this input (used for token outputs).
         num_prefix_tokens: the model's prefix-token count; token outputs carry either that many or none.
         where: names the point in errors (e.g. ``"teacher module 'features.5'"``).
+        channels_last: a 4-D output is ``(B, H, W, C)`` (the point was named with ``:nhwc``).
     """
     if not isinstance(output, torch.Tensor):
         raise ValueError(f"{where} returned {type(output).__name__}, not a tensor; hook a module that returns a "
                          f"(B, N, D) or (B, C, H, W) tensor")
+    if output.dim() == 4 and channels_last:  # (B, H, W, C) feature map -> (B, H * W, C) tokens
+        return output.flatten(1, 2), (int(output.shape[1]), int(output.shape[2]))
     if output.dim() == 4:  # (B, C, H, W) feature map -> (B, H * W, C) tokens
         return output.flatten(2).transpose(1, 2), (int(output.shape[2]), int(output.shape[3]))
     if output.dim() != 3:
@@ -169,6 +187,6 @@ def probe_feature_shapes(model: nn.Module, points: Sequence[FeaturePoint], img_s
     shapes = []
     for point in points:
         tokens, grid = patch_tokens(select_output(tapped, point), tapped.grid_size, tapped.num_prefix_tokens,
-                                    f"{who} {point.describe()}")
+                                    f"{who} {point.describe()}", point.channels_last)
         shapes.append(FeatureShape(width=int(tokens.shape[-1]), grid=grid))
     return shapes
