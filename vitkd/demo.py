@@ -59,7 +59,7 @@ def _demo_recipe(row: DemoRow, demo_dir: Path, epochs_scale: float, extra_overri
     return load_recipe(demo_recipes_dir() / row.recipe, overrides)
 
 
-def _train_or_reuse(recipe: Recipe, builds_cache: bool = False) -> dict[str, Any]:
+def train_or_reuse(recipe: Recipe, builds_cache: bool = False) -> dict[str, Any]:
     """Reuse a finished run of the same recipe, resume an interrupted one, else train from scratch.
 
     With `builds_cache`, the teacher's sparse-logit cache is written (or completed) first; a finished cache is reused.
@@ -125,7 +125,7 @@ def run_demo(output_dir: str = "runs", epochs_scale: float = 1.0, fresh: bool = 
     for row in DEMO_ROWS:
         recipe = _demo_recipe(row, demo_dir, epochs_scale, extra_overrides)
         print(f"[demo] {row.method}: {recipe.student.name}, {recipe.train.epochs} epochs")
-        summary = _train_or_reuse(recipe, row.builds_cache)
+        summary = train_or_reuse(recipe, row.builds_cache)
         record = _profile_row(recipe, summary)
         records.append(record)
         rows.append({"run": recipe.name, "model": recipe.student.name, "method": row.method,
