@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import shutil
 import statistics
 import sys
@@ -47,7 +46,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from vitkd.bench import count_flops, training_flops_per_image  # noqa: E402
+from vitkd.bench import count_flops, training_flops_per_image, write_result_files  # noqa: E402
 from vitkd.cache.info import summarize_cache  # noqa: E402
 from vitkd.cache.logit_job import build_logit_cache  # noqa: E402
 from vitkd.config import load_raw_recipe, load_recipe  # noqa: E402
@@ -160,7 +159,6 @@ def run(arguments: argparse.Namespace) -> dict[str, Any]:
         seconds = _time_teacher_forward(trainers["online"], round_index, arguments.steps)
         if round_index:
             teacher_seconds.append(seconds)
-        if round_index:
             print(f"[cache_speed] round {round_index}/{arguments.rounds}: "
                   + ", ".join(f"{mode} {throughput[mode][-1]:.0f} img/s" for mode in MODES)
                   + f", teacher forward alone {images_per_round / seconds:.0f} img/s", flush=True)
@@ -232,9 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = parse_arguments(argv)
     result = run(arguments)
     report = format_report(result)
-    arguments.out.mkdir(parents=True, exist_ok=True)
-    (arguments.out / "cache_speed.json").write_text(json.dumps(result, indent=2) + "\n")
-    (arguments.out / "cache_speed.md").write_text(report)
+    write_result_files(arguments.out, "cache_speed", result, report)
     print()
     print(report, end="")
     print(f"targets: {result['targets']}")

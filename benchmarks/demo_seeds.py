@@ -18,7 +18,6 @@ Run from the repository root (about a minute per run on 2 CPU cores, 12 runs wit
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from collections.abc import Sequence
@@ -28,11 +27,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from vitkd.config import load_recipe  # noqa: E402
-from vitkd.demo import demo_recipes_dir, train_or_reuse  # noqa: E402
+from vitkd.bench import write_result_files  # noqa: E402
+from vitkd.demo import demo_recipe, demo_recipes_dir, train_or_reuse  # noqa: E402
 
 DEFAULT_ROWS = ("vit_plain", "deit_hard", "logit_kd")
-BASELINE = "vit_plain"
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "demo_seeds"
 
 
@@ -48,18 +46,13 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _recipe(row: str, seed: int | None, demo_dir: Path):
-    path = demo_recipes_dir() / f"{row}.yaml"
-    if not path.is_file():
+def _seed_recipe(row: str, seed: int, demo_dir: Path):
+    """The demo recipe `row` with student seed `seed`, run as `<demo_dir>/<row>_seed<seed>`."""
+    if not (demo_recipes_dir() / f"{row}.yaml").is_file():
         valid = sorted(p.stem for p in demo_recipes_dir().glob("*.yaml") if p.stem != "base")
-        raise SystemExit(f"demo_seeds: no demo recipe {path.name}; valid rows: {valid}")
-    overrides = [f"train.output_dir={demo_dir}", "train.progress=false"]
-    if seed is not None:
-        overrides += [f"train.seed={seed}", f"name={row}_seed{seed}"]
-    recipe = load_recipe(path)
-    if recipe.teacher is not None and recipe.teacher.checkpoint:
-        overrides.append(f"teacher.checkpoint={demo_dir / 'teacher_cnn'}")
-    return load_recipe(path, overrides)
+        raise SystemExit(f"demo_seeds: no demo recipe {row}.yaml; valid rows: {valid}")
+    return demo_recipe(f"{row}.yaml", demo_dir,
+                       extra_overrides=["train.progress=false", f"train.seed={seed}", f"name={row}_seed{seed}"])
 
 
 def summarize(top1: dict[str, dict[int, float]], baseline: str) -> dict[str, Any]:
@@ -96,20 +89,17 @@ def format_report(result: dict[str, Any], baseline: str) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = parse_arguments(argv)
     demo_dir = Path(arguments.output_dir) / "demo"
-    if not (demo_dir / "teacher_cnn" / "summary.json").is_file():  # the demo's teacher, as `vitkd demo` trains it
-        train_or_reuse(load_recipe(demo_recipes_dir() / "teacher_cnn.yaml", [f"train.output_dir={demo_dir}"]))
+    train_or_reuse(demo_recipe("teacher_cnn.yaml", demo_dir))  # the demo's teacher, reused when `vitkd demo` ran
     baseline = arguments.rows[0]
     top1: dict[str, dict[int, float]] = {row: {} for row in arguments.rows}
     for seed in arguments.seeds:
         for row in arguments.rows:
-            summary = train_or_reuse(_recipe(row, seed, demo_dir))
+            summary = train_or_reuse(_seed_recipe(row, seed, demo_dir))
             top1[row][seed] = float(summary["top1"])
             print(f"[demo_seeds] {row} seed {seed}: top-1 {top1[row][seed]:.2f}%", flush=True)
     result = summarize(top1, baseline)
     report = format_report(result, baseline)
-    arguments.out.mkdir(parents=True, exist_ok=True)
-    (arguments.out / "demo_seeds.json").write_text(json.dumps(result, indent=2) + "\n")
-    (arguments.out / "demo_seeds.md").write_text(report)
+    write_result_files(arguments.out, "demo_seeds", result, report)
     print()
     print(report, end="")
     print(f"written to {arguments.out}: demo_seeds.json, demo_seeds.md")

@@ -26,7 +26,6 @@ Writes `<out>/feature_kd_cost.json` and `<out>/feature_kd_cost.md` (default out:
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
@@ -39,9 +38,9 @@ import torch.nn.functional as F
 from timm.optim import create_optimizer_v2
 from torch import nn
 
+from vitkd.bench import write_result_files
 from vitkd.bench.memory import LiveTensorTracker
 from vitkd.config import load_recipe
-from vitkd.engine.checkpoint import atomic_write
 from vitkd.engine.objective import DistillationObjective
 from vitkd.engine.outputs import Targets
 from vitkd.losses.base import TermContext
@@ -287,10 +286,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     step_time = measure_step_times(args)
     results = {"settings": settings, "step_time": step_time, "memory": memory,
                "targets": {"max_step_overhead": STEP_TIME_TARGET, "min_memory_ratio": MEMORY_TARGET}}
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write(args.out / "feature_kd_cost.json", lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2)))
     report = markdown_report(results)
-    atomic_write(args.out / "feature_kd_cost.md", lambda tmp: Path(tmp).write_text(report))
+    write_result_files(args.out, "feature_kd_cost", results, report)
     print()
     print(report)
     return 0

@@ -66,8 +66,9 @@ class TeacherConfig(ModelConfig):
     """The frozen teacher. `cache` (a sparse-logit cache directory) replaces the live teacher when set.
 
     `vitkd cache-logits` writes the cache into `cache` with K = `cache_topk`; training then reads it and refuses a
-    cache of another K. Unset, K is 10 (or the class count when the dataset has fewer classes) for both. `cache_epochs_policy`: what training epochs beyond the cached ones do
-    (`cycle` through the cached epochs, or `fail` before training starts).
+    cache of another K. Unset, K is 10 (or the class count when the dataset has fewer classes) for both.
+    `cache_epochs_policy`: what training epochs beyond the cached ones do (`cycle` through the cached epochs, or
+    `fail` before training starts).
     """
 
     name: str = ""

@@ -48,15 +48,17 @@ def demo_recipes_dir() -> Path:
     return path
 
 
-def _demo_recipe(row: DemoRow, demo_dir: Path, epochs_scale: float, extra_overrides: Sequence[str] = ()) -> Recipe:
-    recipe = load_recipe(demo_recipes_dir() / row.recipe)
+def demo_recipe(recipe_file: str, demo_dir: Path, epochs_scale: float = 1.0, extra_overrides: Sequence[str] = ()
+                ) -> Recipe:
+    """A demo recipe (`recipes/demo/<recipe_file>`) with its runs, teacher checkpoint and cache under `demo_dir`."""
+    recipe = load_recipe(demo_recipes_dir() / recipe_file)
     overrides = [f"train.output_dir={demo_dir}", f"train.epochs={max(1, round(recipe.train.epochs * epochs_scale))}",
                  *extra_overrides]
     if recipe.teacher is not None and recipe.teacher.checkpoint:
         overrides.append(f"teacher.checkpoint={demo_dir / Path(recipe.teacher.checkpoint).name}")
     if recipe.teacher is not None and recipe.teacher.cache:
         overrides.append(f"teacher.cache={demo_dir / Path(recipe.teacher.cache).name}")
-    return load_recipe(demo_recipes_dir() / row.recipe, overrides)
+    return load_recipe(demo_recipes_dir() / recipe_file, overrides)
 
 
 def train_or_reuse(recipe: Recipe, builds_cache: bool = False) -> dict[str, Any]:
@@ -123,7 +125,7 @@ def run_demo(output_dir: str = "runs", epochs_scale: float = 1.0, fresh: bool = 
     rows = []
     records = []
     for row in DEMO_ROWS:
-        recipe = _demo_recipe(row, demo_dir, epochs_scale, extra_overrides)
+        recipe = demo_recipe(row.recipe, demo_dir, epochs_scale, extra_overrides)
         print(f"[demo] {row.method}: {recipe.student.name}, {recipe.train.epochs} epochs")
         summary = train_or_reuse(recipe, row.builds_cache)
         record = _profile_row(recipe, summary)

@@ -20,7 +20,7 @@ from vitkd.bench.memory import measure_peak_memory
 from vitkd.bench.model_spec import ModelSpec, build_from_spec, parse_model_spec
 from vitkd.bench.plot import pareto_front, plot_tradeoffs
 from vitkd.bench.profile import ProfileRecord, compare_to_teacher, count_parameters, profile
-from vitkd.bench.report import format_table, markdown_table, read_records, write_reports
+from vitkd.bench.report import format_table, markdown_table, read_records, write_reports, write_result_files
 from vitkd.bench.runtime import RuntimeOptions
 from vitkd.bench.suite import SuiteSettings, profile_specs
 
@@ -32,5 +32,5 @@ __all__ = [
     "dataset_class_count", "default_input_size", "evaluate_accuracy", "format_table", "markdown_table",
     "measure_latency", "measure_peak_memory", "model_class_count", "pareto_front", "parse_model_spec",
     "plot_tradeoffs", "profile", "profile_specs", "read_records", "time_forward", "training_flops_per_image",
-    "write_reports",
+    "write_reports", "write_result_files",
 ]

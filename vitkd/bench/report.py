@@ -216,6 +216,18 @@ def write_atomically(path: Path, content: str | bytes) -> None:
         raise
 
 
+def write_result_files(out_dir: str | os.PathLike[str], stem: str, result: Any, markdown: str
+                       ) -> tuple[Path, Path]:
+    """Write a benchmark's `<stem>.json` (`result`, JSON-serialisable) and `<stem>.md` (`markdown`) into `out_dir`
+    (created if needed), each atomically. Returns the two paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, markdown_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
+    write_atomically(json_path, json.dumps(result, indent=2) + "\n")
+    write_atomically(markdown_path, markdown)
+    return json_path, markdown_path
+
+
 def write_reports(records: Sequence[ProfileRecord], out_dir: str | os.PathLike[str]) -> dict[str, Path]:
     """Write `bench.csv`, `bench.json` and `bench.md` into `out_dir` (created if needed).
 

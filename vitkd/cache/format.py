@@ -79,9 +79,9 @@ REQUIRED_MANIFEST_FIELDS = (
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def default_topk(num_classes: int | None) -> int:
+def default_topk(num_classes: int) -> int:
     """K when the recipe leaves `teacher.cache_topk` unset: 10, or the class count when the data has fewer classes."""
-    return DEFAULT_TOPK if num_classes is None else min(DEFAULT_TOPK, num_classes)
+    return min(DEFAULT_TOPK, num_classes)
 
 
 def index_dtype_for(num_classes: int) -> np.dtype:

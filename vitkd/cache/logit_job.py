@@ -60,17 +60,18 @@ class LogitCacheResult:
 
 
 def resolve_cache_settings(recipe: Recipe, epochs: Optional[int], topk: Optional[int],
-                           output: Optional[str | Path]) -> tuple[int, int, Path]:
+                           output: Optional[str | Path]) -> tuple[int, Optional[int], Path]:
     """(epochs, K, cache directory) of a caching run: the arguments, else the recipe (`train.epochs`,
-    `teacher.cache_topk`, `teacher.cache`), else K = 10. Raises `ConfigError` naming what is missing."""
+    `teacher.cache_topk`, `teacher.cache`). K is None when neither sets it: the caller applies `default_topk` once the
+    class count is known. Raises `ConfigError` naming what is missing."""
     teacher = recipe.teacher
     if teacher is None or not teacher.name:
         raise ConfigError("cache-logits needs a teacher: set teacher.name (and teacher.checkpoint) in the recipe")
     epochs = recipe.train.epochs if epochs is None else int(epochs)
     if epochs < 1:
         raise ConfigError(f"cache-logits: epochs must be a positive integer, got {epochs}")
-    topk = int(topk if topk is not None else (teacher.cache_topk or default_topk(None)))
-    if topk < 1:
+    topk = topk if topk is not None else teacher.cache_topk
+    if topk is not None and int(topk) < 1:
         raise ConfigError(f"cache-logits: topk must be a positive integer, got {topk}")
     output = output if output is not None else teacher.cache
     if not output:
@@ -103,7 +104,7 @@ def build_logit_cache(recipe: Recipe, epochs: Optional[int] = None, topk: Option
             Mixup/CutMix, batch size and `train.seed` define the images, exactly as training with this recipe and
             `teacher.cache` will replay them.
         epochs: number of epochs to cache (default `train.epochs`).
-        topk: K (default `teacher.cache_topk`, else 10).
+        topk: K (default `teacher.cache_topk`, else 10, or the class count when the data has fewer classes).
         output: cache directory (default `teacher.cache`).
         progress: tqdm bars on rank 0.
         context: distributed context (default: from torchrun's environment, or a single process).
@@ -114,7 +115,6 @@ def build_logit_cache(recipe: Recipe, epochs: Optional[int] = None, topk: Option
         CacheMismatchError: `output` holds a cache made for other settings (each differing field is named).
     """
     start = time.perf_counter()
-    explicit_topk = topk is not None or recipe.teacher is not None and recipe.teacher.cache_topk is not None
     epochs, topk, output = resolve_cache_settings(recipe, epochs, topk, output)
     context = context or init_distributed(recipe.train.device)
     set_cpu_threads(recipe.train.cpu_threads)
@@ -123,8 +123,7 @@ def build_logit_cache(recipe: Recipe, epochs: Optional[int] = None, topk: Option
     data = recipe.data
     dataset = build_train_dataset(data, recipe.train.seed)
     num_classes = num_classes_of(dataset)
-    if not explicit_topk:
-        topk = default_topk(num_classes)
+    topk = int(topk) if topk is not None else default_topk(num_classes)
     if topk > num_classes:
         raise ConfigError(f"cache-logits: topk={topk} exceeds the dataset's {num_classes} classes")
     mixup = build_mixup(data, num_classes)
