@@ -41,13 +41,13 @@ from torch import nn
 from vitkd.bench import write_result_files
 from vitkd.bench.memory import LiveTensorTracker
 from vitkd.config import load_recipe
-from vitkd.engine.objective import DistillationObjective
-from vitkd.engine.outputs import Targets
+from vitkd.tasks.classification.objective import DistillationObjective
+from vitkd.losses.inputs import Targets
 from vitkd.losses.base import TermContext
 from vitkd.losses.manifold import ManifoldLoss
 from vitkd.losses.registry import build_loss_terms
 from vitkd.models.factory import build_model
-from vitkd.models.tapped import TappedStudent, forward_teacher
+from vitkd.tasks.classification.runners import TappedStudent, forward_teacher
 from vitkd.models.teacher import FrozenTeacher
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "feature_kd_cost"

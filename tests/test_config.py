@@ -3,7 +3,8 @@
 import pytest
 import yaml
 
-from vitkd.config import ConfigError, load_recipe
+from vitkd.config import load_recipe
+from vitkd.errors import ConfigError
 
 
 def test_valid_recipe_resolves_deit_paper_weights(tiny_recipe):

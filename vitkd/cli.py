@@ -62,7 +62,7 @@ def _add_eval(subparsers: argparse._SubParsersAction) -> None:
 def _run_eval(args: argparse.Namespace) -> int:
     from vitkd.data.loader import build_eval_loader
     from vitkd.engine.distributed import resolve_device
-    from vitkd.engine.evaluate import evaluate
+    from vitkd.tasks.classification.evaluate import evaluate
     from vitkd.models.factory import build_model, load_model_from_path
 
     if args.model:
@@ -120,7 +120,7 @@ def _is_user_error(error: BaseException) -> bool:
     """Bad input: a ValueError/OSError family error, or any logit-cache error (corrupted or mismatching cache)."""
     if isinstance(error, USER_ERRORS):
         return True
-    cache_errors = sys.modules.get("vitkd.cache.errors")  # only loaded when a cache was touched
+    cache_errors = sys.modules.get("vitkd.errors")  # only loaded when a cache was touched
     return cache_errors is not None and isinstance(error, cache_errors.LogitCacheError)
 
 

@@ -18,6 +18,8 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
+from vitkd.errors import ConfigError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -40,10 +42,6 @@ RecipeYamlLoader.add_implicit_resolver(
 def load_yaml(text: str) -> Any:
     """Parse recipe YAML (files and override values) with YAML 1.2 booleans."""
     return yaml.load(text, Loader=RecipeYamlLoader)
-
-
-class ConfigError(ValueError):
-    """A recipe or override is invalid; the message names the key path and the valid choices."""
 
 
 @dataclass

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import vitkd
 from vitkd.config import Recipe, dump_recipe, load_recipe
 from vitkd.bench import ProfileRecord, TimingSettings, plot_tradeoffs, profile
-from vitkd.engine.checkpoint import atomic_write
+from vitkd.files import atomic_write
 
 
 @dataclass(frozen=True)
@@ -144,8 +144,8 @@ def run_demo(output_dir: str = "runs", epochs_scale: float = 1.0, fresh: bool = 
               "attention counted (`vitkd.bench`); latency: median batch-1 forward on this machine's CPU (noisy on a "
               "shared machine; the spread is in report.json).\n\n" + table
               + "\n\n![accuracy against cost](tradeoffs.png)\n")
-    atomic_write(demo_dir / "report.md", lambda tmp: Path(tmp).write_text(report))
-    atomic_write(demo_dir / "report.json", lambda tmp: Path(tmp).write_text(json.dumps(rows, indent=2)))
+    atomic_write(demo_dir / "report.md", report)
+    atomic_write(demo_dir / "report.json", json.dumps(rows, indent=2))
     print()
     print(table)
     print(f"\nreport: {demo_dir / 'report.md'}, plot: {demo_dir / 'tradeoffs.png'}")

@@ -13,9 +13,10 @@ from vitkd.cache import (CacheCorruptionError, CacheFormatError, CacheMismatchEr
                          rebuild_soft_labels)
 from vitkd.cache.logit_job import build_logit_cache
 from vitkd.cache.writer import SparseLogitWriter
-from vitkd.config import ConfigError, load_recipe
+from vitkd.config import load_recipe
+from vitkd.errors import ConfigError
 from vitkd.data.loader import Batch
-from vitkd.engine.cached_teacher import CachedTeacher, open_cached_teacher
+from vitkd.tasks.classification.cached_teacher import CachedTeacher, open_cached_teacher
 from vitkd.engine.trainer import Trainer, train
 from vitkd.models.factory import build_model
 from vitkd.models.teacher import FrozenTeacher

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from vitkd.config import ConfigError, load_recipe
+from vitkd.config import load_recipe
+from vitkd.errors import ConfigError
 from vitkd.data import build_train_dataset, build_train_loader
 from vitkd.data.mixup import SeededMixup, build_mixup
 from vitkd.data.replay import BatchReplay, plan_epoch_batches

@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-from vitkd.config import ConfigError, load_recipe
+from vitkd.config import load_recipe
+from vitkd.errors import ConfigError
 from vitkd.engine.checkpoint import load_checkpoint
 from vitkd.engine.trainer import Trainer, train
 

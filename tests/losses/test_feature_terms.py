@@ -3,12 +3,13 @@
 import pytest
 import torch
 
-from vitkd.config import ConfigError, load_recipe
-from vitkd.engine.outputs import Targets
+from vitkd.config import load_recipe
+from vitkd.errors import ConfigError
+from vitkd.losses.inputs import Targets
 from vitkd.losses.base import LossNeeds, TermContext
 from vitkd.losses.registry import build_loss_terms
 from vitkd.models.factory import build_model
-from vitkd.models.tapped import TappedStudent, forward_teacher
+from vitkd.tasks.classification.runners import TappedStudent, forward_teacher
 from vitkd.models.teacher import FrozenTeacher
 
 STUDENT = {"name": "vit_tiny_patch16_224",

@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from vitkd.config import ConfigError
+from vitkd.errors import ConfigError
 from vitkd.models import (CheckpointError, FrozenTeacher, build_model, describe_model, load_model_from_path,
                           load_weights)
 

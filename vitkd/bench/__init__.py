@@ -11,7 +11,7 @@ FLOPs, activations), `latency` (warmup, rounds, spread), `memory` (what peak mem
 """
 
 from vitkd.bench.accuracy import Accuracy, dataset_class_count, evaluate_accuracy, model_class_count
-from vitkd.bench.errors import BenchInputError, ClassCountMismatchError, InputSizeError, UnknownModelError
+from vitkd.errors import BenchInputError, ClassCountMismatchError, InputSizeError, UnknownModelError
 from vitkd.bench.flops import (FREE_BY_CONVENTION_OPS, TRAINING_FLOPS_MULTIPLIER, FlopCount, UncountedOpWarning,
                                analyze_flops, count_activations, count_flops, training_flops_per_image)
 from vitkd.bench.input_size import check_input_size, default_input_size

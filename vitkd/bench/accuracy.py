@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from vitkd.bench.errors import ClassCountMismatchError
+from vitkd.errors import ClassCountMismatchError
 from vitkd.bench.input_size import model_display_name
 from vitkd.bench.runtime import RuntimeOptions, inference_context, prepare_model
 

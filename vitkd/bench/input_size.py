@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from vitkd.bench.errors import InputSizeError
+from vitkd.errors import InputSizeError
 
 __all__ = ["InputSize", "model_display_name", "model_device", "default_input_size", "normalize_input_size",
            "check_input_size"]

@@ -27,7 +27,7 @@ import timm
 import yaml
 from torch import nn
 
-from vitkd.bench.errors import BenchInputError, UnknownModelError
+from vitkd.errors import BenchInputError, UnknownModelError
 
 __all__ = ["BuiltModel", "ModelSpec", "build_from_spec", "check_model_name", "parse_model_spec"]
 
@@ -156,7 +156,7 @@ def build_from_spec(spec: ModelSpec | str) -> BuiltModel:
             checkpoint does not fit / cannot be read.
     """
     # Imported here so that FLOP counting and the rest of vitkd.bench work without the training-side packages.
-    from vitkd.config import ConfigError
+    from vitkd.errors import ConfigError
     from vitkd.models import CheckpointError, build_model, load_model_from_path
 
     spec = parse_model_spec(spec) if isinstance(spec, str) else spec

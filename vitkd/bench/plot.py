@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from vitkd.bench.profile import ProfileRecord
-from vitkd.bench.report import write_atomically
+from vitkd.files import atomic_write
 
 __all__ = ["pareto_front", "plot_tradeoffs"]
 
@@ -127,5 +127,5 @@ def plot_tradeoffs(records: Sequence[ProfileRecord], path: str | os.PathLike[str
     draw(figure, records)
     image = io.BytesIO()
     figure.savefig(image, format="png", dpi=120)
-    write_atomically(path, image.getvalue())
+    atomic_write(path, image.getvalue())
     return path

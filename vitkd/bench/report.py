@@ -11,7 +11,6 @@ import csv
 import io
 import json
 import os
-import secrets
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
@@ -20,9 +19,10 @@ from typing import Any
 
 from vitkd.bench.flops import TRAINING_FLOPS_MULTIPLIER
 from vitkd.bench.profile import ProfileRecord
+from vitkd.files import atomic_write
 
 __all__ = ["REPORT_FILE_NAMES", "TableColumn", "format_table", "markdown_table", "read_records", "table_columns",
-           "write_atomically", "write_reports"]
+           "write_reports"]
 
 JSON_FORMAT = "vitkd.bench.records"
 JSON_VERSION = 1
@@ -203,19 +203,6 @@ def read_records(path: str | os.PathLike[str]) -> list[ProfileRecord]:
     return reader(path.read_text(encoding="utf-8"), path)
 
 
-def write_atomically(path: Path, content: str | bytes) -> None:
-    """Write to a temporary file next to `path`, then rename, so a crash never leaves a half-written file."""
-    data = content.encode("utf-8") if isinstance(content, str) else content
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(temporary, "xb") as handle:
-            handle.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
 def write_result_files(out_dir: str | os.PathLike[str], stem: str, result: Any, markdown: str
                        ) -> tuple[Path, Path]:
     """Write a benchmark's `<stem>.json` (`result`, JSON-serialisable) and `<stem>.md` (`markdown`) into `out_dir`
@@ -223,8 +210,8 @@ def write_result_files(out_dir: str | os.PathLike[str], stem: str, result: Any, 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, markdown_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
-    write_atomically(json_path, json.dumps(result, indent=2) + "\n")
-    write_atomically(markdown_path, markdown)
+    atomic_write(json_path, json.dumps(result, indent=2) + "\n")
+    atomic_write(markdown_path, markdown)
     return json_path, markdown_path
 
 
@@ -246,5 +233,5 @@ def write_reports(records: Sequence[ProfileRecord], out_dir: str | os.PathLike[s
     paths = {}
     for kind, text in contents.items():
         paths[kind] = out_dir / REPORT_FILE_NAMES[kind]
-        write_atomically(paths[kind], text)
+        atomic_write(paths[kind], text)
     return paths

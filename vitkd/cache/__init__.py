@@ -6,10 +6,10 @@ with `rebuild_soft_labels`. The on-disk layout is described in `vitkd.cache.form
 
 Around the storage: `vitkd.cache.logit_job.build_logit_cache` (`vitkd cache-logits`) runs a recipe's teacher over
 its augmented training stream; `vitkd.cache.run_identity` says what a cache must match to serve a run; training
-reads it through `vitkd.engine.cached_teacher.CachedTeacher` (`teacher.cache` in a recipe).
+reads it through `vitkd.tasks.classification.cached_teacher.CachedTeacher` (`teacher.cache` in a recipe).
 """
 
-from vitkd.cache.errors import (
+from vitkd.errors import (
     CacheCorruptionError,
     CacheFormatError,
     CacheMismatchError,

@@ -13,7 +13,7 @@ import argparse
 import json
 from typing import Optional
 
-from vitkd.config import ConfigError
+from vitkd.errors import ConfigError
 
 JOB_KEYS = ("epochs", "topk", "output")
 

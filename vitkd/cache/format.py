@@ -32,7 +32,6 @@ import enum
 import hashlib
 import json
 import os
-import tempfile
 import time
 import zlib
 from collections.abc import Iterable, Mapping
@@ -42,7 +41,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from vitkd.cache.errors import CacheFormatError, CacheMismatchError
+from vitkd.errors import CacheFormatError, CacheMismatchError
+from vitkd.files import atomic_write
 
 FORMAT_NAME = "vitkd-sparse-logits"
 FORMAT_VERSION = 1
@@ -404,37 +404,8 @@ def _is_epoch_number(value: Any) -> bool:
 
 
 def write_manifest_atomic(cache_dir: str | os.PathLike, manifest: Mapping[str, Any]) -> None:
-    """Write `manifest.json` so that readers see either the old or the new file, never a partial one.
-
-    The text goes to a temporary file in the same directory, is flushed to disk, then `os.replace`d into place.
-    """
-    cache_dir = Path(cache_dir)
-    text = json.dumps(manifest, indent=2, sort_keys=False) + "\n"
-    handle, temp_name = tempfile.mkstemp(prefix=MANIFEST_NAME + ".", suffix=".tmp", dir=cache_dir)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp_name, cache_dir / MANIFEST_NAME)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-    fsync_directory(cache_dir)
-
-
-def fsync_directory(directory: str | os.PathLike) -> None:
-    """Make a rename inside `directory` durable where the platform allows it (no-op elsewhere)."""
-    try:
-        handle = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(handle)
-    except OSError:
-        pass
-    finally:
-        os.close(handle)
+    """Write `manifest.json` durably, so that readers see either the old or the new file, never a partial one."""
+    atomic_write(Path(cache_dir) / MANIFEST_NAME, json.dumps(manifest, indent=2, sort_keys=False) + "\n", durable=True)
 
 
 def expected_identity(

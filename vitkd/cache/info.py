@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vitkd.cache.errors import LogitCacheError
+from vitkd.errors import LogitCacheError
 from vitkd.cache.format import canonical_json
 from vitkd.cache.reader import IntegrityReport, open_cache
 

@@ -28,7 +28,8 @@ from vitkd.cache.format import DEFAULT_TOPK, default_topk, load_manifest, manife
 from vitkd.cache.run_identity import (augmentation_hash, augmentation_record, dataset_record, recorded_with,
                                       run_mismatch_error, run_mismatches, teacher_record)
 from vitkd.cache.writer import SparseLogitWriter
-from vitkd.config import ConfigError, Recipe
+from vitkd.config import Recipe
+from vitkd.errors import ConfigError
 from vitkd.data.loader import build_train_dataset, collate_skipping_corrupt, num_classes_of
 from vitkd.data.mixup import build_mixup
 from vitkd.data.replay import BatchReplay

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from vitkd.cache.errors import (
+from vitkd.errors import (
     CacheCorruptionError,
     CacheFormatError,
     MissingEpochError,

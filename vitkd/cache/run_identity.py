@@ -23,7 +23,7 @@ import timm
 import torch
 from torch import nn
 
-from vitkd.cache.errors import CacheMismatchError
+from vitkd.errors import CacheMismatchError
 from vitkd.cache.format import canonical_json, dataset_fingerprint, hash_config, hash_state_dict, normalise_json_value
 from vitkd.config import DataConfig, TeacherConfig
 from vitkd.data.mixup import SeededMixup

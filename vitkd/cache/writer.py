@@ -19,12 +19,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from vitkd.cache.errors import CacheFormatError, CacheWriteError
+from vitkd.errors import CacheFormatError, CacheWriteError
+from vitkd.files import fsync_directory
 from vitkd.cache.format import (
     build_manifest,
     epoch_file_name,
     epoch_temp_name,
-    fsync_directory,
     identity_mismatches,
     index_dtype_for,
     load_manifest,

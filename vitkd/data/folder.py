@@ -12,9 +12,7 @@ from typing import Literal, Optional
 from PIL import Image
 from torch.utils.data import Dataset
 
-
-class CorruptImageError(OSError):
-    """An image file could not be decoded; the message names the file."""
+from vitkd.errors import CorruptImageError
 
 
 class ImageFolderDataset(Dataset):

@@ -8,7 +8,8 @@ from typing import Any, Optional
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from vitkd.config import ConfigError, DataConfig
+from vitkd.config import DataConfig
+from vitkd.errors import ConfigError
 from vitkd.data.digits import DigitsDataset
 from vitkd.data.folder import ImageFolderDataset
 from vitkd.data.seeded import SeededAugmentDataset, TransformDataset

@@ -29,7 +29,8 @@ import numpy as np
 import torch
 from timm.data.mixup import cutmix_bbox_and_lam, one_hot
 
-from vitkd.config import ConfigError, DataConfig
+from vitkd.config import DataConfig
+from vitkd.errors import ConfigError
 
 #: Version of the sampling procedure above; part of the augmentation recipe hashed into logit caches.
 MIX_ALGORITHM = "vitkd-seeded-mixup-v1"

@@ -8,8 +8,6 @@ JSON file with the model name and kwargs.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,21 +15,8 @@ import torch
 from torch import nn
 
 from vitkd import __version__
+from vitkd.files import atomic_write
 from vitkd.models.factory import EXPORT_INFO, EXPORT_WEIGHTS
-
-
-def atomic_write(path: Path, write: Any) -> None:
-    """Call `write(temporary_path)`, then rename into place, so readers never see a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
@@ -60,5 +45,5 @@ def export_student(model: nn.Module, out_dir: Path, model_name: str, model_kwarg
     weights_path = out_dir / EXPORT_WEIGHTS
     atomic_write(weights_path, lambda temporary: save_file(state_dict, temporary, metadata=metadata))
     info = {"model": model_name, "kwargs": model_kwargs, "vitkd_version": __version__, **(extra_info or {})}
-    atomic_write(out_dir / EXPORT_INFO, lambda temporary: Path(temporary).write_text(json.dumps(info, indent=2)))
+    atomic_write(out_dir / EXPORT_INFO, json.dumps(info, indent=2))
     return weights_path

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
+from vitkd.files import atomic_write
+
 
 class MetricsLog:
     def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = False) -> None:
@@ -25,7 +27,7 @@ class MetricsLog:
         if not (self.enabled and self.path.is_file()):
             return
         kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["epoch"] <= epoch]
-        self.path.write_text("".join(line + "\n" for line in kept))
+        atomic_write(self.path, "".join(line + "\n" for line in kept))
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:

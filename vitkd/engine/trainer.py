@@ -20,31 +20,29 @@ from timm.utils import ModelEmaV3
 from torch import nn
 from tqdm import tqdm
 
-from vitkd.config import ConfigError, Recipe, dump_recipe, recipe_to_dict
+from vitkd.config import Recipe, dump_recipe, recipe_to_dict
+from vitkd.errors import ConfigError
 from vitkd.data.loader import (build_train_dataset, build_train_loader, build_val_dataset, build_val_loader,
                                num_classes_of)
 from vitkd.data.mixup import build_mixup
 from vitkd.data.replay import BatchReplay
 from vitkd.engine.amp import autocast, build_grad_scaler, resolve_amp_dtype
-from vitkd.engine.cached_teacher import open_cached_teacher
-from vitkd.engine.checkpoint import atomic_write, export_student, load_checkpoint, save_checkpoint
+from vitkd.tasks.classification.cached_teacher import open_cached_teacher
+from vitkd.files import atomic_write
+from vitkd.engine.checkpoint import export_student, load_checkpoint, save_checkpoint
 from vitkd.engine.distributed import (DistributedContext, average_gradients, barrier, broadcast_parameters,
                                       init_distributed, reduce_sums, set_cpu_threads, wrap_for_training)
-from vitkd.engine.evaluate import evaluate
+from vitkd.tasks.classification.evaluate import evaluate
 from vitkd.engine.metrics_log import MetricsLog
-from vitkd.engine.objective import DistillationObjective
-from vitkd.engine.outputs import Targets
+from vitkd.tasks.classification.objective import DistillationObjective
+from vitkd.losses.inputs import Targets
 from vitkd.engine.rng import capture_rng_state, restore_rng_state, seed_everything
-from vitkd.engine.teacher_source import NoTeacher, OnlineTeacher, TeacherSource
+from vitkd.tasks.classification.teacher_source import NoTeacher, OnlineTeacher, TeacherSource
 from vitkd.losses.base import TermContext
 from vitkd.losses.registry import build_loss_terms
 from vitkd.models.factory import build_model, count_parameters, describe_model
-from vitkd.models.tapped import TappedStudent
+from vitkd.tasks.classification.runners import TappedStudent
 from vitkd.models.teacher import FrozenTeacher
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (a non-finite loss...); finished epochs stay saved in the run directory."""
 
 
 class Trainer:
@@ -295,7 +293,7 @@ class Trainer:
         recipe = self.recipe
         if self.context.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write(self.run_dir / "config.yaml", lambda tmp: Path(tmp).write_text(dump_recipe(recipe)))
+            atomic_write(self.run_dir / "config.yaml", dump_recipe(recipe))
         wall_start = time.perf_counter()
         throughputs = []
         final_eval: dict[str, float] = {}
@@ -323,8 +321,7 @@ class Trainer:
                            f"{final_eval['top5']:.2f}% ({metrics['train/images_per_s']:.0f} img/s)")
         summary = self._summary(final_eval, throughputs, time.perf_counter() - wall_start)
         if self.context.is_main:
-            atomic_write(self.run_dir / "summary.json",
-                         lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
+            atomic_write(self.run_dir / "summary.json", json.dumps(summary, indent=2))
         self.log.close()
         return summary
 

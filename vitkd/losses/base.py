@@ -14,7 +14,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from vitkd.engine.outputs import StudentOutputs, TeacherOutputs, Targets
+from vitkd.losses.inputs import StudentOutputs, TeacherOutputs, Targets
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vitkd.engine.outputs import StudentOutputs, TeacherOutputs, Targets
+from vitkd.losses.inputs import StudentOutputs, TeacherOutputs, Targets
 from vitkd.losses.base import LossNeeds, LossTerm, TermContext
 from vitkd.losses.manifold import ManifoldLoss
 from vitkd.losses.registry import register_loss_term

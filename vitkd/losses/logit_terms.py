@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from timm.loss import SoftTargetCrossEntropy
 
-from vitkd.engine.outputs import StudentOutputs, TeacherOutputs, Targets
+from vitkd.losses.inputs import StudentOutputs, TeacherOutputs, Targets
 from vitkd.losses.base import LossNeeds, LossTerm, TermContext
 from vitkd.losses.logits import DeiTDistillationLoss, KDLoss
 from vitkd.losses.registry import register_loss_term

@@ -27,7 +27,7 @@ def register_loss_term(name: str) -> Callable[[type[LossTerm]], type[LossTerm]]:
 def get_loss_term_class(name: str, path: str = "losses") -> type[LossTerm]:
     _import_builtin_terms()
     if name not in LOSS_TERMS:
-        from vitkd.config import ConfigError
+        from vitkd.errors import ConfigError
 
         close = difflib.get_close_matches(name, list(LOSS_TERMS), n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
@@ -41,7 +41,7 @@ def resolve_loss_terms(recipe: "Recipe") -> None:
     A term's weight defaults to its paper value. The ground-truth term `ce` defaults to `1 - sum(alpha)` of the DeiT
     terms present (DeiT mixes them convexly), else 1.
     """
-    from vitkd.config import ConfigError
+    from vitkd.errors import ConfigError
 
     convex_total = 0.0
     ground_truth_terms = []
@@ -79,7 +79,7 @@ def build_loss_terms(recipe: "Recipe", context: TermContext) -> list[tuple[str, 
         try:
             module = cls(context, **term.params)
         except ValueError as error:
-            from vitkd.config import ConfigError
+            from vitkd.errors import ConfigError
 
             raise ConfigError(f"losses.{index} ({term.name}): {error}") from None
         built.append((log_name, float(term.weight), module))

@@ -15,14 +15,10 @@ import torch
 from torch import nn
 
 import vitkd.models.small_cnn  # noqa: F401  (registers vitkd_small_cnn with timm)
-from vitkd.config import ConfigError
+from vitkd.errors import CheckpointError, ConfigError
 
 EXPORT_WEIGHTS = "student.safetensors"
 EXPORT_INFO = "student.json"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, unreadable or does not fit the requested architecture."""
 
 
 def check_model_name(name: str, path: str = "model") -> None:
@@ -32,6 +28,16 @@ def check_model_name(name: str, path: str = "model") -> None:
     close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
     hint = f"; close names: {', '.join(close)}" if close else "; see timm.list_models() for valid names"
     raise ConfigError(f"{path}: unknown model '{name}'{hint}")
+
+
+def kwargs_with_classes(model_kwargs: dict, num_classes: int, path: str) -> dict:
+    """The recipe's timm kwargs with `num_classes` set to the dataset's class count; a recipe that states another
+    count fails naming `path` (e.g. `student.kwargs`) and both counts."""
+    kwargs = dict(model_kwargs)
+    if "num_classes" in kwargs and kwargs["num_classes"] != num_classes:
+        raise ConfigError(f"{path}.num_classes={kwargs['num_classes']} but the dataset has {num_classes} classes")
+    kwargs["num_classes"] = num_classes
+    return kwargs
 
 
 def build_model(name: str, model_kwargs: Optional[dict] = None, checkpoint: Optional[str] = None) -> nn.Module:

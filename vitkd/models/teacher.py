@@ -7,6 +7,9 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
+from vitkd.config import Recipe
+from vitkd.models.factory import build_model, kwargs_with_classes
+
 
 class FrozenTeacher(nn.Module):
     """Wraps a teacher so it can never train.
@@ -50,3 +53,18 @@ class FrozenTeacher(nn.Module):
         """(B, 3, H, W) -> logits (B, C)."""
         self.model.eval()
         return self.model(self.prepare_input(images))
+
+
+def student_normalization(recipe: Recipe) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) of the student's input: `student.mean/std`, else the data normalisation."""
+    return tuple(recipe.student.mean or recipe.data.mean), tuple(recipe.student.std or recipe.data.std)
+
+
+def build_frozen_teacher(recipe: Recipe, num_classes: int) -> FrozenTeacher:
+    """The recipe's live teacher (`teacher.name`, kwargs with the dataset's class count, `teacher.checkpoint`),
+    frozen, re-normalising the student's input when `teacher.mean/std` differ. Used by training and by
+    `vitkd cache-logits`, so both see exactly the same teacher. The caller moves it to its device."""
+    config = recipe.teacher
+    model = build_model(config.name, kwargs_with_classes(config.kwargs, num_classes, "teacher.kwargs"), config.checkpoint)
+    mean, std = student_normalization(recipe)
+    return FrozenTeacher(model, mean, std, config.mean, config.std)

@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from vitkd.engine.outputs import StudentOutputs, TeacherOutputs
+from vitkd.losses.inputs import StudentOutputs, TeacherOutputs
 
 
 def _split_heads(output) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -1,4 +1,4 @@
-"""What one training step passes to the loss terms: student outputs, teacher outputs and targets."""
+"""The inputs of every loss term in one training step: student outputs, teacher outputs and targets."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 import torch
 
-from vitkd.cache.errors import CacheMismatchError
+from vitkd.errors import CacheMismatchError
 from vitkd.cache.format import default_topk
 from vitkd.cache.reader import SparseLogitReader, open_cache
 from vitkd.cache.run_identity import (augmentation_record, checkpoint_hash, dataset_record, recorded_with,
@@ -25,7 +25,7 @@ from vitkd.cache.soft_labels import cached_argmax, rebuild_soft_labels
 from vitkd.config import Recipe
 from vitkd.data.loader import Batch
 from vitkd.data.mixup import SeededMixup
-from vitkd.engine.outputs import TeacherOutputs
+from vitkd.losses.inputs import TeacherOutputs
 
 _SHOWN = 5  # mismatching samples listed in a message
 

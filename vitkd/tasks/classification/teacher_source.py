@@ -1,5 +1,5 @@
 """Where teacher outputs come from in a training step: nowhere, a live frozen teacher, or a sparse-logit cache
-(`vitkd.engine.cached_teacher.CachedTeacher`).
+(`vitkd.tasks.classification.cached_teacher.CachedTeacher`).
 
 Every source also says which data epoch to replay at a training epoch (`data_epoch`): the training epoch itself,
 except for a cache whose policy `cycle` reuses cached epochs (and so their images).
@@ -12,8 +12,8 @@ from typing import Protocol, Sequence
 import torch
 
 from vitkd.data.loader import Batch
-from vitkd.engine.outputs import TeacherOutputs
-from vitkd.models.tapped import forward_teacher
+from vitkd.losses.inputs import TeacherOutputs
+from vitkd.tasks.classification.runners import forward_teacher
 from vitkd.models.teacher import FrozenTeacher
 
 

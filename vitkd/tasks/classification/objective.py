@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vitkd.engine.outputs import StudentOutputs, TeacherOutputs, Targets
+from vitkd.losses.inputs import StudentOutputs, TeacherOutputs, Targets
 from vitkd.losses.base import LossNeeds, LossTerm
 
 
