@@ -1,13 +1,16 @@
 """What a sparse-logit cache saves: the same student trained the same steps without KD, with an online teacher, and
 with cached teacher logits, measured side by side on the bundled digits.
 
-Three `Trainer`s built from the demo's settings (`recipes/demo/base.yaml`: the demo ViT student, 16x16 digits,
-RandAugment) differ only in their teacher:
+Four trainers built from the demo's settings (`recipes/demo/base.yaml`: the demo ViT student, 16x16 digits,
+RandAugment) differ only in their teacher (and (a') in how often it reads its losses):
 
   (a) plain   cross-entropy only, no teacher
   (b) online  0.5 CE + 0.5 KD (T=4) from a live ViT teacher (width 192, 6 blocks: several times the student's cost)
   (c) cached  the same loss, the same teacher's top-K read from a cache written beforehand (not timed); the teacher
               is never built in (c)
+  (a') plain_sync  (a) with `train.log_every: 1`: the host reads the loss sums after every step, as the loop did
+              before losses stayed on the device; a/a' is the step-time gain of that change (on a CPU, where a read
+              waits for nothing, it is expected near 1; on a GPU every read waits for the queued kernels)
 
 Rounds of `--steps` training steps run in rotating order (a b c, b c a, c a b, ...) after one untimed warm-up
 round, so drifts of the shared machine's load hit all three alike; each ratio is taken within a round, then the
@@ -52,6 +55,7 @@ from vitkd.cache.logit_job import build_logit_cache  # noqa: E402
 from vitkd.config import load_raw_recipe, load_recipe  # noqa: E402
 from vitkd.engine.amp import autocast  # noqa: E402
 from vitkd.engine.trainer import Trainer  # noqa: E402
+from vitkd.training import build_trainer  # noqa: E402
 from vitkd.models.factory import build_model  # noqa: E402
 
 DEMO_BASE = ROOT / "recipes" / "demo" / "base.yaml"
@@ -59,7 +63,7 @@ DEFAULT_OUT = ROOT / "benchmarks" / "results" / "cache_speed"
 TEACHER = {"name": "vit_small_patch16_224",
            "kwargs": {"img_size": 16, "patch_size": 4, "embed_dim": 192, "depth": 6, "num_heads": 3}}
 KD_LOSSES = [{"name": "ce", "weight": 0.5}, {"name": "kd", "temperature": 4.0, "weight": 0.5}]
-MODES = ("plain", "online", "cached")
+MODES = ("plain", "online", "cached", "plain_sync")
 
 
 def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -91,6 +95,9 @@ def _recipes(arguments: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
         "cached": dict(base, name="cached", losses=KD_LOSSES,
                        teacher=dict(teacher, cache=str(work_dir / "cache"), cache_topk=arguments.topk,
                                     cache_epochs_policy="cycle")),
+        # (a) as the loop ran before losses stayed on the device: the host reads them after every step
+        "plain_sync": dict(base, name="plain_sync", losses=[{"name": "ce"}],
+                           train=dict(base["train"], log_every=1)),
     }
     return {mode: load_recipe(raw=copy.deepcopy(raw)) for mode, raw in raws.items()}
 
@@ -112,20 +119,20 @@ def _time_teacher_forward(trainer: Trainer, epoch: int, steps: int) -> float:
 
     The batches are loaded and mixed first, untimed: only the teacher's compute is measured.
     """
-    trainer.train_dataset.set_epoch(epoch)
-    trainer.train_loader.sampler.set_epoch(epoch)
+    task = trainer.task
+    task.set_epoch(epoch)
     batches = []
-    for step, batch in enumerate(trainer.train_loader):
+    for step, batch in enumerate(task.train_loader):
         if step >= steps:
             break
         images = batch.images
-        if trainer.mixup is not None:
-            images, _ = trainer.mixup(images, batch.labels, batch.seeds)
+        if task.mixup is not None:
+            images, _ = task.mixup(images, batch.labels, batch.seeds)
         batches.append(images)
     start = time.perf_counter()
     for images in batches:
         with autocast(trainer.device, trainer.amp_dtype):
-            trainer.teacher(images)
+            task.teacher(images)
     return time.perf_counter() - start
 
 
@@ -143,13 +150,13 @@ def run(arguments: argparse.Namespace) -> dict[str, Any]:
           flush=True)
     cache_result = build_logit_cache(recipes["cached"], epochs=arguments.cached_epochs, progress=False)
     cache_summary = summarize_cache(cache_result.path)
-    trainers = {mode: Trainer(recipe) for mode, recipe in recipes.items()}
-    assert trainers["cached"].teacher is None
+    trainers = {mode: build_trainer(recipe) for mode, recipe in recipes.items()}
+    assert trainers["cached"].task.teacher is None
     images_per_round = arguments.steps * arguments.batch_size
     throughput: dict[str, list[float]] = {mode: [] for mode in MODES}
     teacher_seconds: list[float] = []
     for round_index in range(arguments.rounds + 1):  # round 0 warms up and is not counted
-        rotation = MODES[round_index % 3:] + MODES[: round_index % 3]
+        rotation = MODES[round_index % len(MODES):] + MODES[: round_index % len(MODES)]
         for mode in rotation:
             start = time.perf_counter()
             trainers[mode].train_one_epoch(round_index)
@@ -171,7 +178,7 @@ def _median_ratio(numerator: list[float], denominator: list[float]) -> float:
 
 def _summarize(arguments, recipes, throughput, teacher_seconds, cache_summary, images_per_round) -> dict[str, Any]:
     costs = _costs(recipes["plain"])
-    plain, online, cached = (throughput[mode] for mode in MODES)
+    plain, online, cached, plain_sync = (throughput[mode] for mode in MODES)
     # measured (student training + teacher forward) / student training, per round
     student_seconds = [images_per_round / rate for rate in plain]
     measured_online_slowdown = statistics.median((student + teacher) / student
@@ -189,6 +196,8 @@ def _summarize(arguments, recipes, throughput, teacher_seconds, cache_summary, i
         "ratio_cached_over_plain": _median_ratio(cached, plain),
         "ratio_cached_over_online": _median_ratio(cached, online),
         "ratio_plain_over_online": _median_ratio(plain, online),
+        "log_every": {"plain": recipes["plain"].train.log_every, "plain_sync": recipes["plain_sync"].train.log_every},
+        "ratio_plain_over_plain_sync": _median_ratio(plain, plain_sync),
         **costs,
         "cache_bytes_per_sample_epoch": cache_summary["bytes_per_sample_epoch"],
         "cache_bytes_budget_4k_plus_8": 4 * topk + 8,
@@ -213,6 +222,10 @@ def format_report(result: dict[str, Any]) -> str:
         f"| throughput (c) cached KD | {rates['cached']:.0f} img/s |",
         f"| c/a (target >= 0.90) | {result['ratio_cached_over_plain']:.3f} |",
         f"| c/b | {result['ratio_cached_over_online']:.3f} |",
+        f"| throughput (a') no KD, losses read by the host after every step (the loop before) | "
+        f"{rates['plain_sync']:.0f} img/s |",
+        f"| a/a' (losses kept on the device, read every {result['log_every']['plain']} steps) | "
+        f"{result['ratio_plain_over_plain_sync']:.3f} |",
         f"| teacher / student forward FLOPs | {result['teacher_over_student_forward']:.2f} |",
         f"| (teacher fwd + student train) / student train FLOPs | {result['expected_online_slowdown']:.2f} |",
         f"| (student train + teacher fwd) / student train, measured (c/b target) | {result['measured_online_slowdown']:.2f} |",

@@ -41,6 +41,7 @@ from torch import nn
 from vitkd.bench import write_result_files
 from vitkd.bench.memory import LiveTensorTracker
 from vitkd.config import load_recipe
+from vitkd.tasks import resolve_recipe
 from vitkd.tasks.classification.objective import DistillationObjective
 from vitkd.losses.inputs import Targets
 from vitkd.losses.base import TermContext
@@ -90,15 +91,15 @@ class StepSetup:
     def __init__(self, name: str, losses: list[dict], student: nn.Module, teacher: FrozenTeacher,
                  args: argparse.Namespace) -> None:
         kwargs = {"img_size": args.img_size}
-        recipe = load_recipe(raw={"name": "bench", "student": {"name": args.student, "kwargs": kwargs},
+        recipe = resolve_recipe(load_recipe(raw={"name": "bench", "student": {"name": args.student, "kwargs": kwargs},
                                   "teacher": {"name": args.teacher, "kwargs": kwargs},
-                                  "data": {"img_size": args.img_size, "dataset": "digits"}, "losses": losses})
+                                  "data": {"img_size": args.img_size, "dataset": "digits"}, "losses": losses}))
         context = TermContext(student=student, teacher=teacher.model, num_classes=1000, img_size=args.img_size)
         self.name = name
-        self.objective = DistillationObjective(build_loss_terms(recipe, context))
+        self.objective = DistillationObjective(build_loss_terms(recipe.losses, context))
         needs = self.objective.needs
         self.needs = needs
-        self.runner = TappedStudent(student, needs.student_layers, needs.student_normed_layers, needs.student_hooks)
+        self.runner = TappedStudent(student, needs.student_taps)
         self.teacher = teacher
         self.optimizer = create_optimizer_v2(nn.ModuleDict({"student": student, "objective": self.objective}),
                                              opt="adamw", lr=1e-5, weight_decay=0.05)
@@ -109,8 +110,7 @@ class StepSetup:
         start = time.perf_counter()
         student_outputs = self.runner(images)
         needs = self.needs
-        teacher_outputs = forward_teacher(self.teacher, images, needs.teacher_layers, needs.teacher_normed_layers,
-                                          needs.teacher_hooks)
+        teacher_outputs = forward_teacher(self.teacher, images, needs.teacher_taps)
         loss, _ = self.objective(student_outputs, teacher_outputs, Targets(labels=labels))
         if not torch.isfinite(loss):
             raise RuntimeError(f"{self.name}: non-finite loss {loss.item()}")

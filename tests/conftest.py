@@ -31,3 +31,22 @@ def tiny_recipe_dict(tmp_path, **sections) -> dict:
 @pytest.fixture
 def tiny_recipe(tmp_path):
     return lambda **sections: tiny_recipe_dict(tmp_path, **sections)
+
+
+def cache_identity_dict(num_samples: int, topk: int, num_classes: int) -> dict:
+    """`SparseLogitWriter` identity keywords of a toy logit cache (teacher weights hash "a" * 64, samples hash
+    "b" * 64, augmentation hash "aug-v1"); spread it into the writer: `SparseLogitWriter(path, **identity)`."""
+    return dict(
+        num_samples=num_samples,
+        topk=topk,
+        num_classes=num_classes,
+        teacher_id={"name": "toy_teacher", "weights_hash": "a" * 64},
+        dataset_fingerprint={"num_samples": num_samples, "samples_hash": "b" * 64},
+        augmentation_hash="aug-v1",
+    )
+
+
+@pytest.fixture
+def cache_identity():
+    """`cache_identity(num_samples, topk, num_classes)`: the writer keywords of a toy logit cache."""
+    return cache_identity_dict

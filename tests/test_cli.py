@@ -1,10 +1,11 @@
-"""The `vitkd` command end to end, as a user runs it: train, print-config, eval, and one-line errors."""
+"""The `vitkd` command end to end, as a user runs it: train, print-config, eval, recipes by name, one-line errors."""
 
 import json
 import os
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 
@@ -44,3 +45,54 @@ def test_user_errors_are_one_line_with_exit_code_2(tmp_path, tiny_recipe):
     assert missing.returncode == 2 and "no_such_recipe.yaml" in missing.stderr
     bad_weights = _vitkd("eval", str(tmp_path / "nowhere"), cwd=tmp_path)
     assert bad_weights.returncode == 2 and "nowhere" in bad_weights.stderr
+
+
+def test_train_takes_a_shipped_recipe_by_name(tmp_path, monkeypatch, capsys):
+    from vitkd.cli import main
+
+    monkeypatch.chdir(tmp_path)  # no recipes/ here
+    assert main(["train", "demo/vit_plain", "train.epochs=3", "--print-config"]) == 0
+    resolved = yaml.safe_load(capsys.readouterr().out)
+    assert resolved["name"] == "vit_plain" and resolved["train"]["epochs"] == 3
+    assert resolved["student"]["kwargs"]["embed_dim"] == 96  # from the recipe's `base: base.yaml`
+    assert main(["train", "imagenet/vitkd_deit_tiny.yaml", "--print-config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["name"] == "vitkd_deit_tiny"
+
+    assert main(["train", "demo/no_such_recipe"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and "demo/no_such_recipe" in error and "demo/vit_plain" in error
+    assert "imagenet/vitkd_deit_tiny" in error
+
+
+def test_only_user_errors_become_one_line(monkeypatch, capsys):
+    from vitkd import cli
+    from vitkd.errors import CacheCorruptionError
+
+    def corrupt(args):
+        raise CacheCorruptionError("epoch_000.bin: 1 record fails its CRC32", file="epoch_000.bin", epoch=0,
+                                   sample_ids=[7])
+
+    monkeypatch.setattr(cli, "_run_demo", corrupt)  # a LogitCacheError that is no ValueError/OSError
+    assert cli.main(["demo"]) == 2
+    assert capsys.readouterr().err == "vitkd demo: error: epoch_000.bin: 1 record fails its CRC32\n"
+
+    def bug(args):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(cli, "_run_demo", bug)
+    with pytest.raises(RuntimeError, match="a bug"):
+        cli.main(["demo"])
+
+
+def test_bench_is_always_a_subcommand_and_its_import_errors_surface(monkeypatch, capsys):
+    import vitkd.bench
+    from vitkd.cli import build_parser, main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["bench", "--help"])
+    assert exited.value.code == 0 and "--teacher" in capsys.readouterr().out
+
+    monkeypatch.delattr(vitkd.bench, "command", raising=False)
+    monkeypatch.setitem(sys.modules, "vitkd.bench.command", None)  # `import vitkd.bench.command` now fails
+    with pytest.raises(ImportError):
+        build_parser()

@@ -1,9 +1,16 @@
-"""Recipe validation: every bad input fails before any work, naming the key path and the valid choices."""
+"""Recipe validation (schema in vitkd.config, names by the task): every bad input fails before any work, naming the
+key path and the valid choices."""
 
 import pytest
 import yaml
 
-from vitkd.config import load_recipe
+from vitkd.config import load_recipe as load_schema_checked
+from vitkd.tasks import resolve_recipe
+
+
+def load_recipe(*args, **kwargs):
+    """What the CLI and the engine do: the schema check (`vitkd.config`), then the task's resolution."""
+    return resolve_recipe(load_schema_checked(*args, **kwargs))
 from vitkd.errors import ConfigError
 
 

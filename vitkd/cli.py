@@ -1,7 +1,8 @@
-"""The `vitkd` command: train, eval, demo, cache-logits, cache-info (and bench when available).
+"""The `vitkd` command: train, eval, demo, cache-logits, cache-info, bench.
 
-Errors in user input (recipes, paths, checkpoints) print one clear line and exit with status 2; nothing is lost.
-Set VITKD_DEBUG=1 to see the full traceback instead.
+A recipe argument is a YAML file, or the name of a recipe shipped with the package (`vitkd train demo/vit_plain`;
+see `vitkd.shipped_recipes`). Errors in user input (recipes, paths, checkpoints; `vitkd.errors.is_user_error`) print
+one clear line and exit with status 2; nothing is lost. Set VITKD_DEBUG=1 to see the full traceback instead.
 """
 
 from __future__ import annotations
@@ -10,19 +11,23 @@ import argparse
 import json
 import os
 import sys
-from typing import Callable, Optional
+from typing import Optional
 
 from vitkd import __version__
+from vitkd.errors import is_user_error
+from vitkd.shipped_recipes import find_recipe
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, OSError)
+RECIPE_HELP = ("a YAML recipe file, or the name of a shipped recipe (e.g. demo/vit_plain, imagenet/vitkd_deit_tiny); "
+               "an existing file wins")
 
 
 def _add_train(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train", help="train a student from a YAML recipe",
         description="Train a student from a YAML recipe. Overrides use dotted keys, e.g. "
-                    "`vitkd train recipes/demo/deit_hard.yaml train.epochs=5 data.batch_size=64 losses.1.mode=soft`.")
-    parser.add_argument("recipe", help="path to a YAML recipe")
+                    "`vitkd train demo/deit_hard train.epochs=5 data.batch_size=64 losses.1.mode=soft`. A recipe is "
+                    "a YAML file or the name of a shipped recipe (listed when a name is not found).")
+    parser.add_argument("recipe", help=RECIPE_HELP)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted-key overrides of the recipe")
     parser.add_argument("--resume", action="store_true", help="continue the run in <output_dir>/<name> exactly where "
                         "its last checkpoint stopped (model, optimizer, scheduler, EMA, RNG, epoch)")
@@ -33,11 +38,13 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
 def _run_train(args: argparse.Namespace) -> int:
     from vitkd.config import dump_recipe, load_recipe
 
-    recipe = load_recipe(args.recipe, args.overrides)
+    recipe = load_recipe(find_recipe(args.recipe), args.overrides)
     if args.print_config:
-        print(dump_recipe(recipe), end="")
+        from vitkd.tasks import resolve_recipe
+
+        print(dump_recipe(resolve_recipe(recipe)), end="")
         return 0
-    from vitkd.engine.trainer import train
+    from vitkd.training import train
 
     summary = train(recipe, resume=args.resume)
     print(json.dumps(summary, indent=2))
@@ -104,42 +111,30 @@ def _run_demo(args: argparse.Namespace) -> int:
 def _add_cache_commands(subparsers: argparse._SubParsersAction) -> None:
     from vitkd.cache import command as cache_command
 
+    def run_cache_logits(args: argparse.Namespace) -> int:
+        args.recipe = str(find_recipe(args.recipe))
+        return cache_command.run_cache_logits(args)
+
     parser = subparsers.add_parser(
         "cache-logits", help="run the frozen teacher once over the augmented training stream and store its top-K",
-        description="Cache the recipe's teacher: `vitkd cache-logits RECIPE [key=value ...] [epochs=E] [topk=K]`. "
-                    "Writes into teacher.cache (or --output); resumes at the first incomplete epoch. Train from it "
-                    "with `vitkd train RECIPE` (teacher.cache set): the teacher is then never built.")
+        description="Cache the recipe's teacher: `vitkd cache-logits RECIPE [key=value ...] [epochs=E] [topk=K]` "
+                    "(RECIPE: a file or a shipped recipe's name, e.g. demo/cached_kd). Writes into teacher.cache (or "
+                    "--output); resumes at the first incomplete epoch. Train from it with `vitkd train RECIPE` "
+                    "(teacher.cache set): the teacher is then never built.")
     cache_command.add_cache_logits_arguments(parser)
-    parser.set_defaults(handler=cache_command.run_cache_logits)
+    parser.set_defaults(handler=run_cache_logits)
     parser = subparsers.add_parser("cache-info", help="print a logit cache's manifest, size and integrity")
     cache_command.add_cache_info_arguments(parser)
     parser.set_defaults(handler=cache_command.run_cache_info)
 
 
-def _is_user_error(error: BaseException) -> bool:
-    """Bad input: a ValueError/OSError family error, or any logit-cache error (corrupted or mismatching cache)."""
-    if isinstance(error, USER_ERRORS):
-        return True
-    cache_errors = sys.modules.get("vitkd.errors")  # only loaded when a cache was touched
-    return cache_errors is not None and isinstance(error, cache_errors.LogitCacheError)
+def _add_bench(subparsers: argparse._SubParsersAction) -> None:
+    from vitkd.bench import command as bench_command
 
-
-def _optional_subcommands() -> list[Callable[[argparse._SubParsersAction], None]]:
-    """Subcommands whose modules may be absent in a partial install are added only when they import."""
-    adders = []
-    try:
-        from vitkd.bench import command as bench_command
-
-        def add_bench(subparsers: argparse._SubParsersAction) -> None:
-            parser = subparsers.add_parser("bench", help="profile students: params, FLOPs, latency, throughput, "
-                                                         "memory, accuracy")
-            bench_command.add_arguments(parser)
-            parser.set_defaults(handler=bench_command.run)
-
-        adders.append(add_bench)
-    except ImportError:
-        pass
-    return adders
+    parser = subparsers.add_parser("bench", help="profile students: params, FLOPs, latency, throughput, memory, "
+                                                 "accuracy")
+    bench_command.add_arguments(parser)
+    parser.set_defaults(handler=bench_command.run)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -150,8 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(subparsers)
     _add_demo(subparsers)
     _add_cache_commands(subparsers)
-    for add in _optional_subcommands():
-        add(subparsers)
+    _add_bench(subparsers)
     return parser
 
 
@@ -167,7 +161,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print("vitkd: interrupted; finished epochs are saved, continue with --resume", file=sys.stderr)
         return 130
     except Exception as error:  # noqa: BLE001 - only user errors are turned into one line, the rest re-raised
-        if not _is_user_error(error) or os.environ.get("VITKD_DEBUG"):
+        if not is_user_error(error) or os.environ.get("VITKD_DEBUG"):
             raise
         print(f"vitkd {args.command}: error: {error}", file=sys.stderr)
         return 2

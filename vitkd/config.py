@@ -1,8 +1,12 @@
-"""Typed recipe schema, YAML loading, dotted `key=value` overrides and validation.
+"""Typed recipe schema, YAML loading and dotted `key=value` overrides.
 
 A recipe is a YAML file whose keys mirror the dataclasses below. Loading is strict: an unknown key, a value of the
-wrong type, a missing required value or an unknown choice raises `ConfigError` naming the key path (for example
-`data.batch_size`) and what would be valid, before any work starts.
+wrong type, a missing required value, an unknown choice or an out-of-range number raises `ConfigError` naming the
+key path (for example `data.batch_size`) and what would be valid, before any work starts.
+
+This module is the bottom of the package: it knows no models, losses or tasks. What the names in a recipe mean
+(model names, loss terms and their parameters, default weights) is checked one layer up, by the recipe's task
+(`vitkd.tasks.resolve_recipe`), which the CLI and the engine call before building anything.
 """
 
 from __future__ import annotations
@@ -136,6 +140,8 @@ class TrainConfig:
 
     `cpu_threads`: intra-op threads of the training process (`torch.set_num_threads`); `None` keeps torch's default.
     On a small CPU, 1 thread plus `data.num_workers: 1` overlaps augmentation with compute.
+    `log_every`: steps between reads of the loss sums (progress-bar loss, non-finite check). Losses accumulate on
+    the device in between, so a GPU step never waits for the host; the bar's step count still moves every step.
     """
 
     epochs: int = 300
@@ -150,14 +156,17 @@ class TrainConfig:
     cpu_threads: Optional[int] = None
     deterministic: bool = True
     progress: bool = True
+    log_every: int = 10
 
 
 @dataclass
 class Recipe:
-    """A whole training recipe."""
+    """A whole training recipe. `task`: what is trained, a name registered in `vitkd.tasks` (default
+    `classification`: image classification with distillation)."""
 
     name: str
     student: ModelConfig
+    task: str = "classification"
     teacher: Optional[TeacherConfig] = None
     data: DataConfig = field(default_factory=DataConfig)
     losses: list[LossTermConfig] = field(default_factory=lambda: [LossTermConfig(name="ce")])
@@ -378,7 +387,7 @@ def deep_merge(base: dict, update: dict) -> dict:
 
 def load_recipe(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
                 raw: dict | None = None) -> Recipe:
-    """Load a YAML recipe (or a raw dict), apply `key=value` overrides, validate and resolve defaults."""
+    """Load a YAML recipe (or a raw dict), apply `key=value` overrides and check it against the schema."""
     data = load_raw_recipe(path) if path is not None else dict(raw or {})
     if path is not None and "name" not in data:
         data["name"] = Path(path).stem
@@ -386,21 +395,15 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | tuple[str
         keys, value = parse_override(text)
         apply_override(data, keys, value)
     recipe = build_dataclass(Recipe, data)
-    validate_recipe(recipe)
+    check_values(recipe)
     return recipe
 
 
-def validate_recipe(recipe: Recipe) -> None:
-    """Semantic checks beyond types: model names, loss names and parameters, value ranges. Resolves weights."""
-    from vitkd.losses.registry import resolve_loss_terms
-    from vitkd.models.factory import check_model_name
-
-    check_model_name(recipe.student.name, "student.name")
+def check_values(recipe: Recipe) -> None:
+    """Checks beyond types that need no knowledge of models or losses: required pairs of keys, value ranges."""
     if recipe.teacher is not None:
         if not recipe.teacher.name and not recipe.teacher.cache:
             raise ConfigError("teacher.name is required (or teacher.cache, a sparse-logit cache directory)")
-        if recipe.teacher.name:
-            check_model_name(recipe.teacher.name, "teacher.name")
         if recipe.teacher.cache_topk is not None and recipe.teacher.cache_topk < 1:
             raise ConfigError(f"teacher.cache_topk must be a positive integer, got {recipe.teacher.cache_topk}")
     if recipe.data.dataset == "folder" and not recipe.data.root:
@@ -412,9 +415,8 @@ def validate_recipe(recipe: Recipe) -> None:
         raise ConfigError(f"data.num_workers must be >= 0, got {recipe.data.num_workers}")
     if recipe.train.epochs <= 0:
         raise ConfigError(f"train.epochs must be positive, got {recipe.train.epochs}")
-    if not recipe.losses:
-        raise ConfigError("losses: at least one loss term is required (e.g. - name: ce)")
-    resolve_loss_terms(recipe)
+    if recipe.train.log_every < 1:
+        raise ConfigError(f"train.log_every must be a positive number of steps, got {recipe.train.log_every}")
 
 
 def recipe_to_dict(recipe: Recipe) -> dict:

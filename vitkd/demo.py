@@ -16,15 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import vitkd
-from vitkd.config import Recipe, dump_recipe, load_recipe
+from vitkd.config import Recipe, TrainConfig, dump_recipe, load_raw_recipe, load_recipe
 from vitkd.bench import ProfileRecord, TimingSettings, plot_tradeoffs, profile
 from vitkd.files import atomic_write
+from vitkd.shipped_recipes import recipes_dir
+from vitkd.tasks import resolve_recipe
 
 
 @dataclass(frozen=True)
 class DemoRow:
-    recipe: str  # file name in recipes/demo/
+    recipe: str  # file name in recipes/demo/ (shipped with the package)
     method: str  # what the report calls it
     builds_cache: bool = False  # run `cache-logits` for the recipe's teacher before training the row
 
@@ -41,24 +42,31 @@ DEMO_ROWS = (
 
 
 def demo_recipes_dir() -> Path:
-    path = Path(vitkd.__file__).resolve().parents[1] / "recipes" / "demo"
+    """The demo's recipes: `recipes/demo/`, shipped with the package (`vitkd.shipped_recipes`)."""
+    path = recipes_dir() / "demo"
     if not path.is_dir():
-        raise FileNotFoundError(f"the demo recipes are not at {path}; run the demo from a vitkd source checkout "
-                                f"installed with `pip install -e .` (what `make demo` does)")
+        raise FileNotFoundError(f"the demo recipes are missing: {path} is not a folder; reinstall vitkd")
     return path
 
 
 def demo_recipe(recipe_file: str, demo_dir: Path, epochs_scale: float = 1.0, extra_overrides: Sequence[str] = ()
                 ) -> Recipe:
-    """A demo recipe (`recipes/demo/<recipe_file>`) with its runs, teacher checkpoint and cache under `demo_dir`."""
-    recipe = load_recipe(demo_recipes_dir() / recipe_file)
-    overrides = [f"train.output_dir={demo_dir}", f"train.epochs={max(1, round(recipe.train.epochs * epochs_scale))}",
-                 *extra_overrides]
-    if recipe.teacher is not None and recipe.teacher.checkpoint:
-        overrides.append(f"teacher.checkpoint={demo_dir / Path(recipe.teacher.checkpoint).name}")
-    if recipe.teacher is not None and recipe.teacher.cache:
-        overrides.append(f"teacher.cache={demo_dir / Path(recipe.teacher.cache).name}")
-    return load_recipe(demo_recipes_dir() / recipe_file, overrides)
+    """A demo recipe (`recipes/demo/<recipe_file>`) with its runs, teacher checkpoint and cache under `demo_dir`.
+
+    The file is read once; the output paths and scaled epochs are set in the raw recipe, then `extra_overrides`
+    (dotted `key=value`, which win) are applied and the recipe is built, checked and resolved once.
+    """
+    raw = load_raw_recipe(demo_recipes_dir() / recipe_file)
+    raw.setdefault("name", Path(recipe_file).stem)
+    train = raw.setdefault("train", {})
+    train["epochs"] = max(1, round(train.get("epochs", TrainConfig.epochs) * epochs_scale))
+    train["output_dir"] = str(demo_dir)
+    teacher = raw.get("teacher")
+    if isinstance(teacher, dict):
+        for key in ("checkpoint", "cache"):  # the teacher run and its logit cache live beside the demo's runs
+            if teacher.get(key):
+                teacher[key] = str(demo_dir / Path(str(teacher[key])).name)
+    return resolve_recipe(load_recipe(raw=raw, overrides=extra_overrides))
 
 
 def train_or_reuse(recipe: Recipe, builds_cache: bool = False) -> dict[str, Any]:
@@ -67,7 +75,7 @@ def train_or_reuse(recipe: Recipe, builds_cache: bool = False) -> dict[str, Any]
     With `builds_cache`, the teacher's sparse-logit cache is written (or completed) first; a finished cache is reused.
     """
     from vitkd.cache.logit_job import build_logit_cache
-    from vitkd.engine.trainer import train
+    from vitkd.training import train
 
     run_dir = recipe.run_dir
     same_recipe = (run_dir / "config.yaml").is_file() and (run_dir / "config.yaml").read_text() == dump_recipe(recipe)

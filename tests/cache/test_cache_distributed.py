@@ -10,14 +10,11 @@ import torch.multiprocessing as mp
 from vitkd.cache import CacheWriteError, SparseLogitWriter, open_cache
 
 NUM_SAMPLES, TOPK, NUM_CLASSES, EPOCHS, WORLD_SIZE = 37, 4, 15, 2, 2
-IDENTITY = dict(
-    num_samples=NUM_SAMPLES,
-    topk=TOPK,
-    num_classes=NUM_CLASSES,
-    teacher_id={"name": "toy_teacher", "weights_hash": "9" * 64},
-    dataset_fingerprint={"num_samples": NUM_SAMPLES, "samples_hash": "8" * 64},
-    augmentation_hash="aug-v1",
-)
+
+
+@pytest.fixture
+def identity(cache_identity):
+    return cache_identity(NUM_SAMPLES, TOPK, NUM_CLASSES)
 
 
 def teacher_outputs(epoch):
@@ -36,10 +33,10 @@ def write_epoch(writer, epoch, sample_ids):
     return writer.finish_epoch()
 
 
-def _rank_main(rank, init_file, cache_dir, outcome_dir):
+def _rank_main(rank, init_file, cache_dir, outcome_dir, identity):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD_SIZE)
     try:
-        writer = SparseLogitWriter(cache_dir, **IDENTITY, rank=rank, world_size=WORLD_SIZE)
+        writer = SparseLogitWriter(cache_dir, **identity, rank=rank, world_size=WORLD_SIZE)
         for epoch in writer.missing_epochs(EPOCHS):
             write_epoch(writer, epoch, torch.arange(NUM_SAMPLES)[rank::WORLD_SIZE])  # uneven halves: 19 and 18
         assert writer.completed_epochs() == list(range(EPOCHS))  # every rank sees what rank 0 published
@@ -54,12 +51,13 @@ def _rank_main(rank, init_file, cache_dir, outcome_dir):
         dist.destroy_process_group()
 
 
-def test_two_process_sharded_write_equals_single_process(tmp_path):
+def test_two_process_sharded_write_equals_single_process(tmp_path, identity):
     sharded, single, outcomes = tmp_path / "sharded", tmp_path / "single", tmp_path / "outcomes"
     outcomes.mkdir()
-    mp.spawn(_rank_main, args=(str(tmp_path / "init"), str(sharded), str(outcomes)), nprocs=WORLD_SIZE, join=True)
+    mp.spawn(_rank_main, args=(str(tmp_path / "init"), str(sharded), str(outcomes), identity), nprocs=WORLD_SIZE,
+             join=True)
 
-    writer = SparseLogitWriter(single, **IDENTITY)
+    writer = SparseLogitWriter(single, **identity)
     for epoch in range(EPOCHS):
         write_epoch(writer, epoch, torch.randperm(NUM_SAMPLES))
 
@@ -83,11 +81,11 @@ def test_two_process_sharded_write_equals_single_process(tmp_path):
 
 
 @pytest.mark.parametrize("rank, world_size", [(2, 2), (-1, 2)])
-def test_rank_outside_world_is_rejected(tmp_path, rank, world_size):
+def test_rank_outside_world_is_rejected(tmp_path, identity, rank, world_size):
     with pytest.raises(ValueError, match="rank must be in"):
-        SparseLogitWriter(tmp_path, **IDENTITY, rank=rank, world_size=world_size, barrier=lambda: None)
+        SparseLogitWriter(tmp_path, **identity, rank=rank, world_size=world_size, barrier=lambda: None)
 
 
-def test_several_ranks_need_a_barrier(tmp_path):
+def test_several_ranks_need_a_barrier(tmp_path, identity):
     with pytest.raises(ValueError, match="needs a barrier"):
-        SparseLogitWriter(tmp_path, **IDENTITY, rank=0, world_size=2)
+        SparseLogitWriter(tmp_path, **identity, rank=0, world_size=2)

@@ -16,17 +16,14 @@ from vitkd.cache import (
     UnwrittenRecordError,
     open_cache,
 )
-from vitkd.cache.info import main as cache_info_main
+from vitkd.cli import main as vitkd_main
 
 NUM_SAMPLES, TOPK, NUM_CLASSES = 12, 3, 10
-IDENTITY = dict(
-    num_samples=NUM_SAMPLES,
-    topk=TOPK,
-    num_classes=NUM_CLASSES,
-    teacher_id={"name": "toy_teacher", "weights_hash": "a" * 64},
-    dataset_fingerprint={"num_samples": NUM_SAMPLES, "samples_hash": "b" * 64},
-    augmentation_hash="aug-v1",
-)
+
+
+@pytest.fixture
+def identity(cache_identity):
+    return cache_identity(NUM_SAMPLES, TOPK, NUM_CLASSES)
 
 
 def fill_epoch(writer, epoch, sample_ids=None):
@@ -37,8 +34,8 @@ def fill_epoch(writer, epoch, sample_ids=None):
 
 
 @pytest.fixture
-def cache_dir(tmp_path):
-    writer = SparseLogitWriter(tmp_path, **IDENTITY)
+def cache_dir(tmp_path, identity):
+    writer = SparseLogitWriter(tmp_path, **identity)
     for epoch in (0, 1):
         writer.begin_epoch(epoch)
         fill_epoch(writer, epoch)
@@ -55,19 +52,19 @@ MISMATCHES = [
     ("topk", dict(topk=4)),
     ("num_classes", dict(num_classes=11)),
     ("num_samples", dict(num_samples=13, dataset_fingerprint={"num_samples": 13, "samples_hash": "b" * 64})),
-    ("teacher", dict(teacher_id={"name": "toy_teacher", "weights_hash": "c" * 64})),
-    ("dataset", dict(dataset_fingerprint={"num_samples": NUM_SAMPLES, "samples_hash": "e" * 64})),
+    ("teacher.weights_hash", dict(teacher_id={"name": "toy_teacher", "weights_hash": "c" * 64})),
+    ("dataset.samples_hash", dict(dataset_fingerprint={"num_samples": NUM_SAMPLES, "samples_hash": "e" * 64})),
     ("augmentation_hash", dict(augmentation_hash="aug-v2")),
 ]
 
 
 @pytest.mark.parametrize("field, change", MISMATCHES, ids=[field for field, _ in MISMATCHES])
-def test_writer_refuses_existing_cache_with_other_identity(cache_dir, field, change):
+def test_writer_refuses_existing_cache_with_other_identity(cache_dir, identity, field, change):
     before = (cache_dir / "epoch_0000.bin").read_bytes()
     with pytest.raises(CacheMismatchError) as error:
-        SparseLogitWriter(cache_dir, **dict(IDENTITY, **change))
+        SparseLogitWriter(cache_dir, **dict(identity, **change))
     message = str(error.value)
-    assert f"  {field}: expected" in message and "manifest.json" in message
+    assert f"  {field}: this run has" in message and "manifest.json" in message
     assert error.value.mismatches[0][0] == field
     assert (cache_dir / "epoch_0000.bin").read_bytes() == before  # finished epochs untouched
 
@@ -78,8 +75,8 @@ def test_writer_refuses_existing_cache_with_other_identity(cache_dir, field, cha
         ({"topk": 5}, "topk", "5", "3"),
         ({"num_classes": 1000}, "num_classes", "1000", "10"),
         ({"num_samples": 99}, "num_samples", "99", "12"),
-        ({"teacher": {"name": "other", "weights_hash": "a" * 64}}, "teacher", '"other"', '"toy_teacher"'),
-        ({"dataset_fingerprint": {"num_samples": 12, "samples_hash": "x"}}, "dataset", '"x"', "b" * 64),
+        ({"teacher": {"name": "other", "weights_hash": "a" * 64}}, "teacher.name", '"other"', '"toy_teacher"'),
+        ({"dataset_fingerprint": {"num_samples": 12, "samples_hash": "x"}}, "dataset.samples_hash", '"x"', "b" * 64),
         ({"augmentation_hash": "aug-v9"}, "augmentation_hash", '"aug-v9"', '"aug-v1"'),
     ],
 )
@@ -91,9 +88,9 @@ def test_check_compatible_names_field_and_both_values(cache_dir, expected, field
     assert wanted in line.split("cache has")[0] and found in line.split("cache has")[1]
 
 
-def test_check_compatible_lists_every_mismatch_and_accepts_match(cache_dir):
+def test_check_compatible_lists_every_mismatch_and_accepts_match(cache_dir, identity):
     reader = open_cache(cache_dir)
-    reader.check_compatible({key: value for key, value in IDENTITY.items()})
+    reader.check_compatible({key: value for key, value in identity.items()})
     with pytest.raises(CacheMismatchError) as error:
         reader.check_compatible({"topk": 1, "num_classes": 2, "augmentation_hash": "z"})
     assert [field for field, _, _ in error.value.mismatches] == ["topk", "num_classes", "augmentation_hash"]
@@ -200,8 +197,8 @@ def test_cycle_policy_maps_train_epoch_modulo_cached(cache_dir):
 # ------------------------------------------------------------------------------------------------ writer misuse
 
 
-def test_writer_rejects_bad_batches(tmp_path):
-    writer = SparseLogitWriter(tmp_path, **IDENTITY)
+def test_writer_rejects_bad_batches(tmp_path, identity):
+    writer = SparseLogitWriter(tmp_path, **identity)
     with pytest.raises(CacheWriteError, match="call begin_epoch"):
         fill_epoch(writer, 0)
     writer.begin_epoch(0)
@@ -224,8 +221,8 @@ def test_writer_rejects_bad_batches(tmp_path):
     assert sorted(path.name for path in tmp_path.iterdir()) == ["manifest.json"]
 
 
-def test_epoch_with_missing_or_repeated_samples_is_not_saved(tmp_path):
-    writer = SparseLogitWriter(tmp_path, **IDENTITY)
+def test_epoch_with_missing_or_repeated_samples_is_not_saved(tmp_path, identity):
+    writer = SparseLogitWriter(tmp_path, **identity)
     writer.begin_epoch(0)
     fill_epoch(writer, 0, sample_ids=range(0, NUM_SAMPLES - 2))
     fill_epoch(writer, 0, sample_ids=[3])
@@ -237,43 +234,43 @@ def test_epoch_with_missing_or_repeated_samples_is_not_saved(tmp_path):
     assert sorted(path.name for path in tmp_path.iterdir()) == ["manifest.json"]
 
 
-def test_finished_epoch_is_never_overwritten(cache_dir):
-    writer = SparseLogitWriter(cache_dir, **IDENTITY)
+def test_finished_epoch_is_never_overwritten(cache_dir, identity):
+    writer = SparseLogitWriter(cache_dir, **identity)
     with pytest.raises(CacheWriteError, match="epoch 1 of .* is already complete"):
         writer.begin_epoch(1)
 
 
-def test_writer_refuses_epoch_files_without_manifest(cache_dir):
+def test_writer_refuses_epoch_files_without_manifest(cache_dir, identity):
     (cache_dir / "manifest.json").unlink()
     with pytest.raises(CacheFormatError, match="holds epoch files .* but no manifest.json"):
-        SparseLogitWriter(cache_dir, **IDENTITY)
+        SparseLogitWriter(cache_dir, **identity)
 
 
-# ------------------------------------------------------------------------------------------------ cache_info
+# ------------------------------------------------------------------------------------------------ vitkd cache-info
 
 
 def test_cache_info_reports_and_exit_codes(cache_dir, tmp_path, capsys):
-    assert cache_info_main([str(cache_dir), "--verify", "--no-progress"]) == 0
+    assert vitkd_main(["cache-info", str(cache_dir), "--verify", "--no-progress"]) == 0
     output = capsys.readouterr().out
     assert "epochs present:        2 [0, 1]" in output and f"bytes per sample-epoch: {RECORD_SIZE}" in output
     assert "integrity of" in output and ": OK" in output and '"weights_hash":"' + "a" * 64 in output
     data = bytearray((cache_dir / "epoch_0000.bin").read_bytes())
     data[RECORD_SIZE * 2] ^= 1
     (cache_dir / "epoch_0000.bin").write_bytes(bytes(data))
-    assert cache_info_main([str(cache_dir), "--verify", "--no-progress"]) == 1
+    assert vitkd_main(["cache-info", str(cache_dir), "--verify", "--no-progress"]) == 1
     assert "1 records fail CRC32 (sample ids 2)" in capsys.readouterr().out
     (cache_dir / "epoch_0001.bin").write_bytes(b"")
-    assert cache_info_main([str(cache_dir)]) == 1
+    assert vitkd_main(["cache-info", str(cache_dir)]) == 1
     assert "truncated" in capsys.readouterr().out
-    assert cache_info_main([str(tmp_path / "nothing")]) == 2
+    assert vitkd_main(["cache-info", str(tmp_path / "nothing")]) == 2
     assert "does not exist" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------------ skipped samples
 
 
-def test_skipped_samples_are_stored_counted_and_never_returned(tmp_path):
-    writer = SparseLogitWriter(tmp_path, **IDENTITY)
+def test_skipped_samples_are_stored_counted_and_never_returned(tmp_path, identity):
+    writer = SparseLogitWriter(tmp_path, **identity)
     writer.begin_epoch(0)
     fill_epoch(writer, 0, sample_ids=[0, 1, 2, 3, 5, 6, 7, 8, 9])
     writer.mark_skipped([4])  # e.g. the loader dropped an unreadable image
@@ -289,8 +286,8 @@ def test_skipped_samples_are_stored_counted_and_never_returned(tmp_path):
     assert "3 skipped samples" in report.to_text()
 
 
-def test_more_missing_samples_than_allowed_fail(tmp_path):
-    writer = SparseLogitWriter(tmp_path, **IDENTITY)
+def test_more_missing_samples_than_allowed_fail(tmp_path, identity):
+    writer = SparseLogitWriter(tmp_path, **identity)
     writer.begin_epoch(0)
     fill_epoch(writer, 0, sample_ids=range(NUM_SAMPLES - 3))
     with pytest.raises(CacheWriteError, match="3 sample ids never written \\(9, 10, 11, allow_missing=2\\)"):

@@ -8,14 +8,11 @@ import vitkd.cache.writer as writer_module
 from vitkd.cache import MissingEpochError, SparseLogitWriter, open_cache
 
 NUM_SAMPLES, TOPK, NUM_CLASSES, TOTAL_EPOCHS = 16, 3, 9, 4
-IDENTITY = dict(
-    num_samples=NUM_SAMPLES,
-    topk=TOPK,
-    num_classes=NUM_CLASSES,
-    teacher_id={"name": "toy_teacher", "weights_hash": "f" * 64},
-    dataset_fingerprint={"num_samples": NUM_SAMPLES, "samples_hash": "1" * 64},
-    augmentation_hash="aug-v1",
-)
+
+
+@pytest.fixture
+def identity(cache_identity):
+    return cache_identity(NUM_SAMPLES, TOPK, NUM_CLASSES)
 
 
 class SimulatedCrash(Exception):
@@ -27,9 +24,9 @@ def teacher_probs(epoch):
     return torch.randn(NUM_SAMPLES, NUM_CLASSES, generator=torch.Generator().manual_seed(epoch)).softmax(-1)
 
 
-def run_cache_logits(cache_dir, crash_at=None):
+def run_cache_logits(cache_dir, identity, crash_at=None):
     """What `vitkd cache-logits` does: resume at the missing epochs; optionally crash at (epoch, batch)."""
-    writer = SparseLogitWriter(cache_dir, **IDENTITY)
+    writer = SparseLogitWriter(cache_dir, **identity)
     for epoch in writer.missing_epochs(TOTAL_EPOCHS):
         writer.begin_epoch(epoch)
         for batch_index, sample_ids in enumerate(torch.arange(NUM_SAMPLES).split(5)):
@@ -44,21 +41,21 @@ def visible_files(cache_dir):
     return sorted(path.name for path in cache_dir.iterdir() if not path.name.endswith((".partial", ".tmp")))
 
 
-def test_crash_mid_epoch_then_resume(tmp_path):
+def test_crash_mid_epoch_then_resume(tmp_path, identity):
     with pytest.raises(SimulatedCrash):
-        run_cache_logits(tmp_path, crash_at=(2, 2))  # a hard kill: no cleanup code runs
+        run_cache_logits(tmp_path, identity, crash_at=(2, 2))  # a hard kill: no cleanup code runs
     assert visible_files(tmp_path) == ["epoch_0000.bin", "epoch_0001.bin", "manifest.json"]
     reader = open_cache(tmp_path)
     assert reader.completed_epochs == [0, 1]
     with pytest.raises(MissingEpochError):
         reader.read(2, [0])
 
-    writer = SparseLogitWriter(tmp_path, **IDENTITY)
+    writer = SparseLogitWriter(tmp_path, **identity)
     assert writer.first_incomplete_epoch(TOTAL_EPOCHS) == 2
     assert writer.missing_epochs(TOTAL_EPOCHS) == [2, 3]
     finished_before = (tmp_path / "epoch_0001.bin").read_bytes()
 
-    writer = run_cache_logits(tmp_path)
+    writer = run_cache_logits(tmp_path, identity)
     assert writer.first_incomplete_epoch(TOTAL_EPOCHS) == TOTAL_EPOCHS
     assert sorted(path.name for path in tmp_path.iterdir()) == [f"epoch_{e:04d}.bin" for e in range(4)] + [
         "manifest.json"
@@ -66,27 +63,27 @@ def test_crash_mid_epoch_then_resume(tmp_path):
     assert (tmp_path / "epoch_0001.bin").read_bytes() == finished_before
 
     uninterrupted = tmp_path / "uninterrupted"
-    run_cache_logits(uninterrupted)
+    run_cache_logits(uninterrupted, identity)
     for epoch in range(TOTAL_EPOCHS):
         name = f"epoch_{epoch:04d}.bin"
         assert (tmp_path / name).read_bytes() == (uninterrupted / name).read_bytes()
     assert open_cache(tmp_path).verify(progress=False).ok
 
 
-def test_exception_inside_with_block_removes_temporary_files(tmp_path):
+def test_exception_inside_with_block_removes_temporary_files(tmp_path, identity):
     with pytest.raises(SimulatedCrash):
-        with SparseLogitWriter(tmp_path, **IDENTITY) as writer:
+        with SparseLogitWriter(tmp_path, **identity) as writer:
             writer.begin_epoch(0)
             writer.write(torch.arange(4), torch.arange(4), teacher_probs(0)[:4])
             raise SimulatedCrash
     assert sorted(path.name for path in tmp_path.iterdir()) == ["manifest.json"]
 
 
-def test_crash_between_rename_and_manifest_update_redoes_the_epoch(tmp_path, monkeypatch):
+def test_crash_between_rename_and_manifest_update_redoes_the_epoch(tmp_path, identity, monkeypatch):
     def failing_manifest_write(*args, **kwargs):
         raise SimulatedCrash("power cut before the manifest was updated")
 
-    writer = SparseLogitWriter(tmp_path, **IDENTITY)
+    writer = SparseLogitWriter(tmp_path, **identity)
     monkeypatch.setattr(writer_module, "write_manifest_atomic", failing_manifest_write)
     writer.begin_epoch(0)
     writer.write(torch.arange(NUM_SAMPLES), torch.zeros(NUM_SAMPLES, dtype=torch.long), teacher_probs(0))
@@ -95,7 +92,7 @@ def test_crash_between_rename_and_manifest_update_redoes_the_epoch(tmp_path, mon
     monkeypatch.undo()
     assert (tmp_path / "epoch_0000.bin").is_file()
     assert open_cache(tmp_path).completed_epochs == []  # the renamed file is not trusted without the manifest
-    writer = run_cache_logits(tmp_path)
+    writer = run_cache_logits(tmp_path, identity)
     assert writer.completed_epochs() == list(range(TOTAL_EPOCHS))
     seeds, values, indices = open_cache(tmp_path).read(0, np.arange(NUM_SAMPLES))
     assert seeds.tolist() == list(range(NUM_SAMPLES))

@@ -6,10 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import cache_identity_dict
 from vitkd.cache import SparseLogitWriter, open_cache, record_dtype
-
-TEACHER = {"name": "toy_teacher", "weights_hash": "0" * 64}
-DATASET = {"num_samples": 37, "samples_hash": "d" * 64}
 
 
 def random_topk(num_samples, topk, num_classes, seed):
@@ -22,10 +20,7 @@ def random_topk(num_samples, topk, num_classes, seed):
 
 
 def make_writer(path, num_samples=37, topk=4, num_classes=20, **overrides):
-    arguments = dict(num_samples=num_samples, topk=topk, num_classes=num_classes, teacher_id=TEACHER,
-                     dataset_fingerprint=dict(DATASET, num_samples=num_samples), augmentation_hash="aug-v1")
-    arguments.update(overrides)
-    return SparseLogitWriter(path, **arguments)
+    return SparseLogitWriter(path, **dict(cache_identity_dict(num_samples, topk, num_classes), **overrides))
 
 
 def write_epochs(path, epochs, num_samples=37, topk=4, num_classes=20, batch_size=8):

@@ -7,7 +7,8 @@ import warnings
 import pytest
 import torch
 
-import vitkd.engine.trainer as trainer_module
+import vitkd.models.teacher as teacher_module
+import vitkd.tasks.classification.task as task_module
 from conftest import tiny_recipe_dict
 from vitkd.cache import (CacheCorruptionError, CacheFormatError, CacheMismatchError, MissingEpochError, open_cache,
                          rebuild_soft_labels)
@@ -17,7 +18,7 @@ from vitkd.config import load_recipe
 from vitkd.errors import ConfigError
 from vitkd.data.loader import Batch
 from vitkd.tasks.classification.cached_teacher import CachedTeacher, open_cached_teacher
-from vitkd.engine.trainer import Trainer, train
+from vitkd.training import build_trainer, train
 from vitkd.models.factory import build_model
 from vitkd.models.teacher import FrozenTeacher
 
@@ -105,8 +106,8 @@ def test_cache_has_every_sample_of_every_epoch_in_4k_plus_8_bytes(built):
 
 
 def test_replayed_images_are_bitwise_the_teachers_and_reproduce_its_topk(built):
-    trainer = Trainer(load_recipe(raw=_raw_with(built, built["tmp"] / "replay")))
-    dataset = trainer.train_dataset
+    trainer = build_trainer(load_recipe(raw=_raw_with(built, built["tmp"] / "replay")))
+    dataset = trainer.task.train_dataset
     reader = open_cache(built["result"].path)
     teacher = _teacher(built["checkpoint"])
     checked_mixed = 0
@@ -166,15 +167,15 @@ def test_soft_labels_are_rebuilt_from_the_topk_and_hard_targets_are_the_cached_a
 
 
 def test_cached_kd_and_deit_train_without_ever_building_the_teacher(built, tmp_path, monkeypatch):
-    real_build = trainer_module.build_model
+    real_build = task_module.build_model
 
     def no_teacher(name, *args, **kwargs):
         if name == TEACHER:
             raise AssertionError("the teacher model must not be built when teacher.cache is set")
         return real_build(name, *args, **kwargs)
 
-    monkeypatch.setattr(trainer_module, "build_model", no_teacher)
-    monkeypatch.setattr("vitkd.cache.logit_job.build_model", no_teacher)
+    monkeypatch.setattr(task_module, "build_model", no_teacher)  # the student
+    monkeypatch.setattr(teacher_module, "build_model", no_teacher)  # every live teacher (training and cache-logits)
     summary = train(load_recipe(raw=_raw_with(built, tmp_path / "kd")))
     assert set(summary["losses"]) == {"ce", "kd"} and summary["top1"] is not None
     for mode in ("hard", "soft"):
@@ -183,8 +184,8 @@ def test_cached_kd_and_deit_train_without_ever_building_the_teacher(built, tmp_p
         raw["student"] = {"name": "deit_tiny_distilled_patch16_224", "kwargs": raw["student"]["kwargs"]}
         raw["losses"] = [{"name": "ce"}, {"name": "deit", "mode": mode}]
         raw["train"]["epochs"] = 1
-        trainer = Trainer(load_recipe(raw=raw))
-        assert trainer.teacher is None and isinstance(trainer.teacher_source, CachedTeacher)
+        trainer = build_trainer(load_recipe(raw=raw))
+        assert trainer.task.teacher is None and isinstance(trainer.task.teacher_source, CachedTeacher)
         assert all(torch.isfinite(torch.tensor(v)) for k, v in trainer.train_one_epoch(0).items() if "/" in k)
 
 
@@ -193,7 +194,7 @@ def test_feature_losses_refuse_the_cache(built, tmp_path, feature_loss):
     raw = _raw_with(built, tmp_path)
     raw["losses"] = [{"name": "ce"}, {"name": feature_loss, "student_layers": [0], "teacher_layers": ["features.2"]}]
     with pytest.raises(ConfigError, match=rf"'{feature_loss}'.*live teacher's tokens.*remove teacher\.cache"):
-        Trainer(load_recipe(raw=raw))
+        build_trainer(load_recipe(raw=raw))
 
 
 def test_cache_recorded_with_other_library_versions_warns_by_name(built, tmp_path):
@@ -202,20 +203,20 @@ def test_cache_recorded_with_other_library_versions_warns_by_name(built, tmp_pat
     manifest["recorded_with"]["timm"] = "0.0.1"
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.warns(UserWarning, match=r"timm 0\.0\.1.*this run has timm"):
-        trainer = Trainer(load_recipe(raw=_raw_with(built, tmp_path, cache=copy)))
-    assert isinstance(trainer.teacher_source, CachedTeacher)
+        trainer = build_trainer(load_recipe(raw=_raw_with(built, tmp_path, cache=copy)))
+    assert isinstance(trainer.task.teacher_source, CachedTeacher)
 
 
 def test_cycle_policy_replays_the_cached_epochs_and_fail_refuses_before_training(built, tmp_path):
     raw = _raw_with(built, tmp_path / "cycle", teacher={"cache_epochs_policy": "cycle"})
     raw["train"]["epochs"] = 3
-    trainer = Trainer(load_recipe(raw=raw))
-    assert [trainer.teacher_source.data_epoch(e) for e in range(3)] == [0, 1, 0]
+    trainer = build_trainer(load_recipe(raw=raw))
+    assert [trainer.task.teacher_source.data_epoch(e) for e in range(3)] == [0, 1, 0]
     trainer.fit()  # the per-step seed check would fail if epoch 2 did not replay epoch 0's images
     raw = _raw_with(built, tmp_path / "fail")
     raw["train"]["epochs"] = 3
     with pytest.raises(MissingEpochError, match=r"lacks epochs 2 .*policy='cycle'"):
-        Trainer(load_recipe(raw=raw))
+        build_trainer(load_recipe(raw=raw))
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -237,7 +238,7 @@ def test_mismatching_runs_are_refused_naming_the_field(built, tmp_path, change, 
     for section, values in change.items():
         raw[section].update(values)
     with pytest.raises(CacheMismatchError) as error:
-        Trainer(load_recipe(raw=raw))
+        build_trainer(load_recipe(raw=raw))
     assert field in str(error.value) and str(built["result"].path) in str(error.value)
     assert field in [mismatch[0] for mismatch in error.value.mismatches]
 
@@ -245,11 +246,11 @@ def test_mismatching_runs_are_refused_naming_the_field(built, tmp_path, change, 
 def test_other_teacher_weights_are_refused(built, tmp_path):
     other = _teacher_checkpoint(tmp_path / "other.pt", seed=2)
     with pytest.raises(CacheMismatchError, match=r"teacher\.checkpoint_hash"):
-        Trainer(load_recipe(raw=_raw_with(built, tmp_path, teacher={"checkpoint": str(other)})))
+        build_trainer(load_recipe(raw=_raw_with(built, tmp_path, teacher={"checkpoint": str(other)})))
     with warnings.catch_warnings(record=True):  # an absent checkpoint cannot be checked: warned, name still checked
         warnings.simplefilter("always")
-        trainer = Trainer(load_recipe(raw=_raw_with(built, tmp_path, teacher={"checkpoint": str(tmp_path / "no.pt")})))
-    assert isinstance(trainer.teacher_source, CachedTeacher)
+        trainer = build_trainer(load_recipe(raw=_raw_with(built, tmp_path, teacher={"checkpoint": str(tmp_path / "no.pt")})))
+    assert isinstance(trainer.task.teacher_source, CachedTeacher)
 
 
 def test_other_dataset_and_class_count_are_refused(built, tmp_path):
@@ -262,7 +263,7 @@ def test_other_dataset_and_class_count_are_refused(built, tmp_path):
                 Image.new("RGB", (20, 20), (i * 40, 10, 200)).save(tmp_path / "images" / split / label / f"{i}.png")
     raw = _raw_with(built, tmp_path, dataset="folder", root=str(tmp_path / "images"))
     with pytest.raises(CacheMismatchError) as error:
-        Trainer(load_recipe(raw=raw))
+        build_trainer(load_recipe(raw=raw))
     fields = [mismatch[0] for mismatch in error.value.mismatches]
     assert {"num_samples", "num_classes", "dataset.name", "dataset.samples_hash"} <= set(fields)
 
@@ -271,13 +272,13 @@ def test_other_dataset_and_class_count_are_refused(built, tmp_path):
     manifest["num_classes"] = 12
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(CacheMismatchError, match=r"num_classes: this run has 10, the cache has 12"):
-        Trainer(load_recipe(raw=_raw_with(built, tmp_path, cache=copy)))
+        build_trainer(load_recipe(raw=_raw_with(built, tmp_path, cache=copy)))
 
 
 def test_world_size_mismatch_under_mixup_is_refused(built, tmp_path):
-    trainer = Trainer(load_recipe(raw=_raw_with(built, tmp_path)))
+    trainer = build_trainer(load_recipe(raw=_raw_with(built, tmp_path)))
     with pytest.raises(CacheMismatchError, match=r"augmentation\.batch_replay\.world_size: this run has 2"):
-        open_cached_teacher(trainer.recipe, trainer.train_dataset, 10, trainer.mixup, 2, torch.device("cpu"))
+        open_cached_teacher(trainer.recipe, trainer.task.train_dataset, 10, trainer.task.mixup, 2, torch.device("cpu"))
 
 
 def test_truncated_missing_and_corrupted_files_are_refused(built, tmp_path):
@@ -286,22 +287,22 @@ def test_truncated_missing_and_corrupted_files_are_refused(built, tmp_path):
     original = epoch_file.read_bytes()
     epoch_file.write_bytes(original[:-7])
     with pytest.raises(CacheFormatError, match=r"epoch_0001.bin is truncated"):
-        Trainer(load_recipe(raw=_raw_with(built, tmp_path, cache=copy)))
+        build_trainer(load_recipe(raw=_raw_with(built, tmp_path, cache=copy)))
     epoch_file.unlink()
     with pytest.raises(CacheFormatError, match=r"epoch_0001.bin is missing"):
-        Trainer(load_recipe(raw=_raw_with(built, tmp_path, cache=copy)))
+        build_trainer(load_recipe(raw=_raw_with(built, tmp_path, cache=copy)))
     corrupted = bytearray(original)
     corrupted[len(corrupted) // 2 :] = bytes(b ^ 0xFF for b in corrupted[len(corrupted) // 2 :])
     epoch_file.write_bytes(bytes(corrupted))  # half of epoch 1 damaged: caught when its records are read
-    trainer = Trainer(load_recipe(raw=_raw_with(built, tmp_path, cache=copy)))
+    trainer = build_trainer(load_recipe(raw=_raw_with(built, tmp_path, cache=copy)))
     trainer.train_one_epoch(0)
     with pytest.raises(CacheCorruptionError, match=r"CRC32 mismatch"):
         trainer.train_one_epoch(1)
     with pytest.raises(CacheFormatError, match=r"empty does not exist"):
-        Trainer(load_recipe(raw=_raw_with(built, tmp_path, cache=tmp_path / "empty")))
+        build_trainer(load_recipe(raw=_raw_with(built, tmp_path, cache=tmp_path / "empty")))
     (tmp_path / "empty").mkdir()
     with pytest.raises(CacheFormatError, match=r"no manifest.json in .*empty"):
-        Trainer(load_recipe(raw=_raw_with(built, tmp_path, cache=tmp_path / "empty")))
+        build_trainer(load_recipe(raw=_raw_with(built, tmp_path, cache=tmp_path / "empty")))
 
 
 # ------------------------------------------------------------------------------------------------------------------

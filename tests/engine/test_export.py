@@ -7,7 +7,7 @@ import sys
 import torch
 
 from vitkd.config import load_recipe
-from vitkd.engine.trainer import train
+from vitkd.training import train
 from vitkd.models.factory import load_model_from_path
 
 LOAD_WITH_TIMM_ONLY = """

@@ -8,7 +8,8 @@ import torch
 from vitkd.config import load_recipe
 from vitkd.errors import ConfigError
 from vitkd.engine.checkpoint import load_checkpoint
-from vitkd.engine.trainer import Trainer, train
+from vitkd.engine.trainer import Trainer
+from vitkd.training import build_trainer, train
 
 
 def test_two_epochs_learn_above_chance_and_write_the_run_directory(tiny_recipe):
@@ -69,10 +70,10 @@ def test_existing_run_is_not_overwritten_and_resume_needs_a_checkpoint(tiny_reci
     raw = tiny_recipe(train=dict(tiny_recipe()["train"], epochs=1, max_steps_per_epoch=1))
     recipe = load_recipe(raw=raw)
     with pytest.raises(ConfigError, match=r"--resume: no checkpoint at"):
-        Trainer(recipe, resume=True)
+        build_trainer(recipe, resume=True)
     train(recipe)
     with pytest.raises(ConfigError, match=r"already holds a checkpoint; pass --resume"):
-        Trainer(recipe)
+        build_trainer(recipe)
 
 
 def test_deit_student_with_online_teacher_trains_only_the_student(tiny_recipe):
@@ -83,12 +84,12 @@ def test_deit_student_with_online_teacher_trains_only_the_student(tiny_recipe):
                                "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
                       losses=[{"name": "ce"}, {"name": "deit", "mode": "soft"}, {"name": "kd", "head": "dist"}])
     raw["train"].update(epochs=1, max_steps_per_epoch=3)
-    trainer = Trainer(load_recipe(raw=raw))
-    teacher_before = {k: v.clone() for k, v in trainer.teacher.model.state_dict().items()}
-    assert trainer.teacher.renormalize
+    trainer = build_trainer(load_recipe(raw=raw))
+    teacher_before = {k: v.clone() for k, v in trainer.task.teacher.model.state_dict().items()}
+    assert trainer.task.teacher.renormalize
     trainer.fit()
-    assert not trainer.teacher.model.training
-    for key, value in trainer.teacher.model.state_dict().items():
+    assert not trainer.task.teacher.model.training
+    for key, value in trainer.task.teacher.model.state_dict().items():
         assert torch.equal(value, teacher_before[key]), key  # weights and BN statistics untouched
     lines = (trainer.run_dir / "metrics.jsonl").read_text().splitlines()
     assert {"train/ce", "train/deit", "train/kd"} <= set(json.loads(lines[0]))
@@ -96,11 +97,11 @@ def test_deit_student_with_online_teacher_trains_only_the_student(tiny_recipe):
 
 def test_refusals_before_training(tiny_recipe):
     with pytest.raises(ConfigError, match=r"losses \['kd'\] need a teacher"):
-        Trainer(load_recipe(raw=tiny_recipe(losses=[{"name": "ce"}, {"name": "kd"}])))
+        build_trainer(load_recipe(raw=tiny_recipe(losses=[{"name": "ce"}, {"name": "kd"}])))
     with pytest.raises(ConfigError, match=r"the 'deit' loss needs a student with a distillation token"):
-        Trainer(load_recipe(raw=tiny_recipe(teacher={"name": "vitkd_small_cnn"},
+        build_trainer(load_recipe(raw=tiny_recipe(teacher={"name": "vitkd_small_cnn"},
                                             losses=[{"name": "ce"}, {"name": "deit"}])))
     raw = tiny_recipe()
     raw["student"]["kwargs"]["num_classes"] = 5
     with pytest.raises(ConfigError, match=r"student\.kwargs\.num_classes=5 but the dataset has 10 classes"):
-        Trainer(load_recipe(raw=raw))
+        build_trainer(load_recipe(raw=raw))

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from vitkd.config import load_recipe
+from vitkd.tasks import resolve_recipe
 from vitkd.errors import ConfigError
 from vitkd.losses.inputs import Targets
 from vitkd.losses.base import LossNeeds, TermContext
@@ -23,23 +24,21 @@ CAIT = {"name": "cait_s24_224", "kwargs": {"img_size": 16, "patch_size": 4, "emb
 
 def build_terms(tiny_recipe, losses, student=STUDENT, teacher=TEACHER, uses_cache=False):
     """(recipe, terms, student model, frozen teacher) built the way the trainer builds them, without data."""
-    recipe = load_recipe(raw=tiny_recipe(student=student, teacher=teacher, losses=losses))
+    recipe = resolve_recipe(load_recipe(raw=tiny_recipe(student=student, teacher=teacher, losses=losses)))
     torch.manual_seed(0)
     student_model = build_model(recipe.student.name, dict(recipe.student.kwargs, num_classes=10))
     teacher_model = build_model(recipe.teacher.name, dict(recipe.teacher.kwargs, num_classes=10))
     frozen = FrozenTeacher(teacher_model, (0.5,) * 3, (0.5,) * 3)
     context = TermContext(student=student_model, teacher=None if uses_cache else teacher_model, num_classes=10,
                           uses_cache=uses_cache, seed=3, img_size=recipe.data.img_size)
-    return recipe, build_loss_terms(recipe, context), student_model, frozen
+    return recipe, build_loss_terms(recipe.losses, context), student_model, frozen
 
 
 def one_step_outputs(term, student_model, frozen, batch=4):
     images = torch.randn(batch, 3, 16, 16)
     needs = term.needs
-    student_outputs = TappedStudent(student_model, needs.student_layers, needs.student_normed_layers,
-                                    needs.student_hooks)(images)
-    teacher_outputs = forward_teacher(frozen, images, needs.teacher_layers, needs.teacher_normed_layers,
-                                      needs.teacher_hooks)
+    student_outputs = TappedStudent(student_model, needs.student_taps)(images)
+    teacher_outputs = forward_teacher(frozen, images, needs.teacher_taps)
     return student_outputs, teacher_outputs, Targets(labels=torch.zeros(batch, dtype=torch.long))
 
 
@@ -152,7 +151,7 @@ def test_bad_layers_hooks_and_grids_give_clear_errors(tiny_recipe, loss, teacher
 ])
 def test_bad_parameters_are_refused_when_the_recipe_loads(tiny_recipe, loss, message):
     with pytest.raises(ConfigError, match=message):
-        load_recipe(raw=tiny_recipe(teacher=TEACHER, losses=[loss]))
+        resolve_recipe(load_recipe(raw=tiny_recipe(teacher=TEACHER, losses=[loss])))
 
 
 @pytest.mark.parametrize("name", ["vitkd", "manifold"])
@@ -160,11 +159,11 @@ def test_feature_terms_refuse_a_logit_cache_and_a_missing_teacher(tiny_recipe, n
     with pytest.raises(ConfigError, match=rf"the '{name}' loss needs the live teacher's tokens, which a "
                                           r"sparse-logit cache \(teacher.cache\) cannot provide"):
         build_terms(tiny_recipe, [{"name": name}], uses_cache=True)
-    recipe = load_recipe(raw=tiny_recipe(losses=[{"name": name}]))
+    recipe = resolve_recipe(load_recipe(raw=tiny_recipe(losses=[{"name": name}])))
     context = TermContext(student=build_model(STUDENT["name"], STUDENT["kwargs"]), teacher=None, num_classes=10,
                           img_size=16)
     with pytest.raises(ConfigError, match=rf"the '{name}' loss needs a teacher: set teacher.name"):
-        build_loss_terms(recipe, context)
+        build_loss_terms(recipe.losses, context)
 
 
 def test_needs_union_and_teacher_use_cover_normed_layers_and_hooks():
@@ -184,10 +183,10 @@ def test_needs_union_and_teacher_use_cover_normed_layers_and_hooks():
 def test_imagenet_recipes_build_their_feature_terms_on_the_real_architectures(recipe, pairs):
     from pathlib import Path
 
-    recipe = load_recipe(Path(__file__).resolve().parents[2] / "recipes" / "imagenet" / recipe)
+    recipe = resolve_recipe(load_recipe(Path(__file__).resolve().parents[2] / "recipes" / "imagenet" / recipe))
     context = TermContext(student=build_model(recipe.student.name, recipe.student.kwargs),
                           teacher=build_model(recipe.teacher.name, recipe.teacher.kwargs), num_classes=1000,
                           img_size=recipe.data.img_size)
-    term = build_loss_terms(recipe, context)[-1][2]
+    term = build_loss_terms(recipe.losses, context)[-1][2]
     assert [(s.block, t.block) for s, t in zip(term.pairs.student_points, term.pairs.teacher_points)] == pairs
     assert {shape.grid for shape in term.pairs.student_shapes + term.pairs.teacher_shapes} == {(14, 14)}

@@ -19,10 +19,11 @@ from vitkd.bench.latency import TimingResult, TimingSettings, measure_latency, t
 from vitkd.bench.memory import measure_peak_memory
 from vitkd.bench.model_spec import ModelSpec, build_from_spec, parse_model_spec
 from vitkd.bench.plot import pareto_front, plot_tradeoffs
-from vitkd.bench.profile import ProfileRecord, compare_to_teacher, count_parameters, profile
+from vitkd.bench.profile import ProfileRecord, compare_to_teacher, profile
 from vitkd.bench.report import format_table, markdown_table, read_records, write_reports, write_result_files
 from vitkd.bench.runtime import RuntimeOptions
 from vitkd.bench.suite import SuiteSettings, profile_specs
+from vitkd.models.factory import count_parameters  # re-exported: the package's one parameter count
 
 __all__ = [
     "FREE_BY_CONVENTION_OPS", "TRAINING_FLOPS_MULTIPLIER", "Accuracy", "BenchInputError", "ClassCountMismatchError",

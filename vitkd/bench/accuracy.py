@@ -1,21 +1,24 @@
-"""Top-1 / top-5 accuracy of a classifier over an evaluation loader."""
+"""Top-1 / top-5 accuracy of a classifier over an evaluation loader.
+
+The metrics come from the package's one evaluation loop, `vitkd.tasks.classification.evaluate.evaluate` (as in
+`vitkd eval` and the trainer); this module adapts bench loaders and options to it and adds the class-count checks
+that name the model (`ClassCountMismatchError`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import sys
+from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
-from vitkd.errors import ClassCountMismatchError
 from vitkd.bench.input_size import model_display_name
-from vitkd.bench.runtime import RuntimeOptions, inference_context, prepare_model
+from vitkd.bench.runtime import RuntimeOptions, prepare_model
+from vitkd.errors import ClassCountMismatchError
 
 __all__ = ["Accuracy", "dataset_class_count", "evaluate_accuracy", "model_class_count"]
-
-TOP_K = (1, 5)
 
 
 class Accuracy(NamedTuple):
@@ -51,6 +54,13 @@ def dataset_class_count(loader: Iterable[Any]) -> int | None:
     return None
 
 
+class _Batch(NamedTuple):
+    """The `images` / `labels` view of a batch that `evaluate` reads."""
+
+    images: torch.Tensor  # (B, C, H, W)
+    labels: torch.Tensor  # (B,)
+
+
 def _images_and_labels(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """`(images, labels)` from a tuple/list batch `(images, labels, ...)` or an object with those attributes."""
     if hasattr(batch, "images") and hasattr(batch, "labels"):
@@ -62,13 +72,6 @@ def model_class_count(model: nn.Module) -> int | None:
     """Width of the model's classifier head (`model.num_classes`, timm's convention), or `None` if not declared."""
     num_classes = getattr(model, "num_classes", None)
     return num_classes if isinstance(num_classes, int) else None
-
-
-def _logits(outputs: torch.Tensor | tuple[torch.Tensor, ...] | list[torch.Tensor]) -> torch.Tensor:
-    """`(B, C)` logits; a model returning several heads (class + distillation token) is averaged, as DeiT does."""
-    if isinstance(outputs, (tuple, list)):
-        return torch.stack([head.float() for head in outputs]).mean(dim=0)
-    return outputs.float()
 
 
 def _class_mismatch(model_name: str, model_classes: int, dataset_classes: int, *,
@@ -100,35 +103,43 @@ def evaluate_accuracy(model: nn.Module, loader: Iterable[Any], device: str | tor
             model's head width.
         ValueError: the loader is empty.
     """
+    # Imported here: importing `vitkd.tasks` loads the task registry (training, caching), which FLOP counting,
+    # latency and the rest of vitkd.bench do not need.
+    from vitkd.tasks.classification.evaluate import evaluate
+
     model_name = model_name or model_display_name(model)
     options = options or RuntimeOptions(device=str(device))
-    model_classes = model_class_count(model)
     dataset_classes = dataset_class_count(loader)
+    model_classes = model_class_count(model)
     if model_classes is not None and dataset_classes is not None and model_classes != dataset_classes:
         raise _class_mismatch(model_name, model_classes, dataset_classes)
+    largest_label = -1  # of the batch being evaluated
 
-    runnable = prepare_model(model, options, allow_compile=False)
-    correct = {k: 0 for k in TOP_K}
-    seen = 0
-    with inference_context(options):
-        hide_progress = None if progress is None else not progress  # tqdm: disable=None hides it off a terminal
-        for batch in tqdm(loader, desc=f"accuracy {model_name}", unit="batch", disable=hide_progress, leave=False):
+    def batches() -> Iterator[_Batch]:
+        nonlocal largest_label
+        for batch in loader:
             images, labels = _images_and_labels(batch)
             if labels.numel() == 0:  # every image of the batch was skipped (e.g. corrupt files)
                 continue
-            images = images.to(options.torch_device, memory_format=options.memory_format, non_blocking=True)
-            labels = labels.to(options.torch_device, non_blocking=True)  # (B,)
-            logits = _logits(runnable(images))  # (B, num_classes)
-            output_classes = logits.shape[-1]
-            if dataset_classes is not None and dataset_classes != output_classes:
-                raise _class_mismatch(model_name, output_classes, dataset_classes)
-            if int(labels.max()) >= output_classes:
-                raise _class_mismatch(model_name, output_classes, int(labels.max()) + 1, from_labels=True)
-            top_indices = logits.topk(min(max(TOP_K), output_classes), dim=-1).indices  # (B, k)
-            hits = top_indices.eq(labels.unsqueeze(-1))  # (B, k)
-            for k in TOP_K:
-                correct[k] += int(hits[:, :k].any(dim=-1).sum())
-            seen += labels.numel()
-    if seen == 0:
+            largest_label = int(labels.max())
+            yield _Batch(images.contiguous(memory_format=options.memory_format), labels)
+
+    def check_head(module: nn.Module, inputs: Any, logits: Any) -> None:
+        """Forward hook: the head's width against the dataset, before `evaluate` scores the batch."""
+        output_classes = logits.shape[-1]
+        if dataset_classes is not None and dataset_classes != output_classes:
+            raise _class_mismatch(model_name, output_classes, dataset_classes)
+        if largest_label >= output_classes:
+            raise _class_mismatch(model_name, output_classes, largest_label + 1, from_labels=True)
+
+    prepare_model(model, options, allow_compile=False)
+    hook = model.register_forward_hook(check_head)
+    try:
+        metrics = evaluate(model, batches(), options.torch_device, options.amp_dtype,  # type: ignore[arg-type]
+                           progress=sys.stderr.isatty() if progress is None else progress,
+                           description=f"accuracy {model_name}")
+    finally:
+        hook.remove()
+    if metrics["images"] == 0:
         raise ValueError(f"evaluation loader for model {model_name!r} yielded no images")
-    return Accuracy(top1=100.0 * correct[1] / seen, top5=100.0 * correct[5] / seen)
+    return Accuracy(top1=metrics["top1"], top5=metrics["top5"])

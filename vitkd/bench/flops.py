@@ -34,8 +34,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from vitkd.bench.input_size import (InputSize, check_input_size, default_input_size, model_device,
+from vitkd.bench.input_size import (InputSize, check_input_size, default_input_size, eval_mode, model_device,
                                     model_display_name, normalize_input_size)
+from vitkd.bench.runtime import RuntimeOptions, example_batch
 
 with warnings.catch_warnings():
     # fvcore scripts a few losses with `torch.jit.script` at import time, which recent torch deprecates; the warning
@@ -160,21 +161,15 @@ def _prepare(model: nn.Module, input_size: int | Sequence[int] | None, model_nam
     model_name = model_name or model_display_name(model)
     size = default_input_size(model) if input_size is None else normalize_input_size(input_size)
     check_input_size(model, size, model_name)
-    generator = torch.Generator().manual_seed(0)
-    example = torch.randn(1, *size, generator=generator).to(model_device(model))  # (1, C, H, W)
+    example = example_batch(size, 1, RuntimeOptions(device=str(model_device(model))))  # (1, C, H, W)
     return model_name, size, example
 
 
 def _run_quietly(analysis: FlopCountAnalysis | ActivationCountAnalysis, model: nn.Module) -> None:
     """Trace once with fvcore's own logging off (we report uncounted ops ourselves) and dropout disabled."""
     analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            analysis.total()
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        analysis.total()
 
 
 def _op_recorder(op_name: str, seen: Counter[str]) -> Handle:

@@ -5,15 +5,16 @@ An input size is always `(C, H, W)` (channels, height, width in pixels), without
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
 
 from vitkd.errors import InputSizeError
 
-__all__ = ["InputSize", "model_display_name", "model_device", "default_input_size", "normalize_input_size",
-           "check_input_size"]
+__all__ = ["InputSize", "model_display_name", "model_device", "eval_mode", "default_input_size",
+           "normalize_input_size", "check_input_size"]
 
 InputSize = tuple[int, int, int]
 
@@ -31,6 +32,17 @@ def model_device(model: nn.Module) -> torch.device:
     for tensor in (*model.parameters(), *model.buffers()):
         return tensor.device
     return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """`model` in eval mode (dropout off) inside the block; its train/eval mode is restored after, even on error."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def _as_pair(value: int | Sequence[int]) -> tuple[int, int]:
@@ -110,15 +122,11 @@ def check_input_size(model: nn.Module, input_size: InputSize, model_name: str | 
     _check_patch_divisibility(model, input_size, model_name)
     _check_minimum_size(model, input_size, model_name)
     probe = torch.zeros(1, *input_size, device=model_device(model))
-    was_training = model.training
-    model.eval()
     try:
-        with torch.inference_mode():
+        with eval_mode(model), torch.inference_mode():
             model(probe)
     except (AssertionError, RuntimeError, ValueError, IndexError) as error:
         expected = default_input_size(model)
         raise InputSizeError(
             f"model {model_name!r} cannot run on input size {input_size} (its own input size is {expected}): {error}"
         ) from error
-    finally:
-        model.train(was_training)

@@ -8,26 +8,27 @@ Syntax (one string per model)::
     PATH                                   an existing checkpoint file, export directory or vitkd run directory
                                            that records its own model name and kwargs
 
-Values are read as YAML scalars or flow lists: `32` is an int, `0.1` a float, `true` a bool, `[8,8]` a list,
-`avg` a string (quote with '...' to force a string). Commas inside brackets do not split kwargs.
+Each KEY=VALUE is read like a recipe override (`vitkd.config.parse_override`): the value is a YAML 1.2 scalar or
+flow list, so `32` is an int, `0.1` a float, `true` a bool, `[8,8]` a list, `avg` (and `off`, `yes`) a string
+(quote with '...' to force a string). Commas inside brackets do not split kwargs.
 Building goes through `vitkd.models.build_model` / `load_model_from_path`, which never download weights and
 load checkpoints without executing pickled code.
 """
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import timm
-import yaml
 from torch import nn
 
-from vitkd.errors import BenchInputError, UnknownModelError
+from vitkd.config import parse_override
+from vitkd.errors import BenchInputError, CheckpointError, ConfigError, UnknownModelError
+from vitkd.models.factory import build_model, load_model_from_path
+from vitkd.models.factory import check_model_name as check_timm_name
 
 __all__ = ["BuiltModel", "ModelSpec", "build_from_spec", "check_model_name", "parse_model_spec"]
 
@@ -65,13 +66,18 @@ class BuiltModel:
 
 
 def check_model_name(name: str, spec_text: str | None = None) -> None:
-    """Raise `UnknownModelError` suggesting close timm names when timm does not know `name`."""
-    if timm.is_model(name):
-        return
-    close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
-    origin = f" (in model spec {spec_text!r})" if spec_text and spec_text != name else ""
-    hint = f"; close names: {', '.join(close)}" if close else "; see timm.list_models() for valid names"
-    raise UnknownModelError(f"unknown model {name!r}{origin}{hint}")
+    """Raise `UnknownModelError` suggesting close timm names when timm does not know `name`.
+
+    The check and the close names are `vitkd.models.factory.check_model_name`'s; this only re-raises its
+    `ConfigError` as the bench's error type, naming the spec the name came from.
+    """
+    try:
+        check_timm_name(name, "model")
+    except ConfigError as error:
+        origin = f" (in model spec {spec_text!r})" if spec_text and spec_text != name else ""
+        found = f"unknown model '{name}'"
+        _, _, hint = str(error).partition(found)  # the factory's "; close names: ..." tail
+        raise UnknownModelError(f"{found}{origin}{hint}" if hint else f"{error}{origin}") from None
 
 
 def _split_top_level(text: str, separator: str = ",") -> list[str]:
@@ -96,19 +102,20 @@ def _split_top_level(text: str, separator: str = ",") -> list[str]:
 
 
 def _parse_kwargs(text: str, spec_text: str) -> dict[str, Any]:
+    """`KEY=VALUE,...` read item by item with the recipe override parser (`vitkd.config.parse_override`)."""
     kwargs: dict[str, Any] = {}
     for item in _split_top_level(text):
-        key, equals, value = item.partition("=")
-        key = key.strip()
-        if not equals or not _KEY_PATTERN.match(key):
+        try:
+            keys, value = parse_override(item.strip())
+        except ConfigError:
+            keys, value = [], None
+        key = ".".join(keys).strip()
+        if not _KEY_PATTERN.match(key):
             raise BenchInputError(f"model spec {spec_text!r}: {item!r} is not KEY=VALUE; "
                                   f"write NAME:KEY=VALUE[,KEY=VALUE...], e.g. vit_tiny_patch16_224:img_size=32")
         if key in kwargs:
             raise BenchInputError(f"model spec {spec_text!r}: kwarg {key!r} is given twice")
-        try:
-            kwargs[key] = yaml.safe_load(value) if value.strip() else ""
-        except yaml.YAMLError as error:
-            raise BenchInputError(f"model spec {spec_text!r}: cannot read the value of {key!r}: {error}") from None
+        kwargs[key] = value
     return kwargs
 
 
@@ -155,10 +162,6 @@ def build_from_spec(spec: ModelSpec | str) -> BuiltModel:
         BenchInputError: the spec is malformed (see `parse_model_spec`), the kwargs are rejected, or the
             checkpoint does not fit / cannot be read.
     """
-    # Imported here so that FLOP counting and the rest of vitkd.bench work without the training-side packages.
-    from vitkd.errors import ConfigError
-    from vitkd.models import CheckpointError, build_model, load_model_from_path
-
     spec = parse_model_spec(spec) if isinstance(spec, str) else spec
     try:
         if spec.path is not None:

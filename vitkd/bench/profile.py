@@ -23,12 +23,15 @@ from torch import nn
 
 from vitkd.bench.accuracy import evaluate_accuracy
 from vitkd.bench.flops import analyze_flops, count_activations, training_flops_per_image
-from vitkd.bench.input_size import check_input_size, default_input_size, model_display_name, normalize_input_size
+from vitkd.bench.input_size import (check_input_size, default_input_size, eval_mode, model_display_name,
+                                    normalize_input_size)
 from vitkd.bench.latency import Clock, TimingSettings, measure_latency
 from vitkd.bench.memory import measure_peak_memory
-from vitkd.bench.runtime import RuntimeOptions, prepare_model, resolve_device, use_threads
+from vitkd.bench.runtime import RuntimeOptions, prepare_model, use_threads
+from vitkd.engine.distributed import resolve_device
+from vitkd.models.factory import count_parameters
 
-__all__ = ["ProfileRecord", "compare_to_teacher", "count_parameters", "profile"]
+__all__ = ["ProfileRecord", "compare_to_teacher", "profile"]
 
 logger = logging.getLogger(__name__)
 
@@ -121,11 +124,6 @@ def compare_to_teacher(student: ProfileRecord, teacher: ProfileRecord) -> Profil
     )
 
 
-def count_parameters(model: nn.Module) -> int:
-    """All parameters, trainable or frozen, each shared tensor once."""
-    return sum(parameter.numel() for parameter in model.parameters())
-
-
 def profile(model: nn.Module, *, name: str | None = None, input_size: int | Sequence[int] | None = None,
             batch_size: int = 32, device: str | torch.device | None = "cpu", loader: Iterable[Any] | None = None,
             teacher_record: ProfileRecord | None = None, threads: int | None = None, channels_last: bool = False,
@@ -154,25 +152,20 @@ def profile(model: nn.Module, *, name: str | None = None, input_size: int | Sequ
     if batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
     name = name or model_display_name(model)
-    options = RuntimeOptions(device=str(resolve_device(device)), threads=threads, channels_last=channels_last,
-                             amp=amp, compile=compile)
-    was_training = model.training
-    try:
-        model.to(options.torch_device).eval()
-        size = default_input_size(model) if input_size is None else normalize_input_size(input_size)
-        with use_threads(threads) as threads_used:
-            check_input_size(model, size, name)
-            logger.info("profiling %s at %s on %s with %d threads", name, size, options.device, threads_used)
-            flop_count = analyze_flops(model, size, model_name=name)
-            activations = count_activations(model, size, model_name=name)
-            runnable = prepare_model(model, options)
-            latency = measure_latency(model, size, 1, options, timing, clock=clock, prepared=runnable)
-            batch_timing = measure_latency(model, size, batch_size, options, timing, clock=clock, prepared=runnable)
-            peak_memory = measure_peak_memory(model, size, batch_size, options)
-            accuracy = (None if loader is None else
-                        evaluate_accuracy(model, loader, options.torch_device, model_name=name, options=options))
-    finally:
-        model.train(was_training)
+    options = RuntimeOptions(device=str(resolve_device("auto" if device is None else str(device))),
+                             threads=threads, channels_last=channels_last, amp=amp, compile=compile)
+    size = default_input_size(model) if input_size is None else normalize_input_size(input_size)
+    with eval_mode(model.to(options.torch_device)), use_threads(threads) as threads_used:
+        check_input_size(model, size, name)
+        logger.info("profiling %s at %s on %s with %d threads", name, size, options.device, threads_used)
+        flop_count = analyze_flops(model, size, model_name=name)
+        activations = count_activations(model, size, model_name=name)
+        runnable = prepare_model(model, options)
+        latency = measure_latency(model, size, 1, options, timing, clock=clock, prepared=runnable)
+        batch_timing = measure_latency(model, size, batch_size, options, timing, clock=clock, prepared=runnable)
+        peak_memory = measure_peak_memory(model, size, batch_size, options)
+        accuracy = (None if loader is None else
+                    evaluate_accuracy(model, loader, options.torch_device, model_name=name, options=options))
     record = ProfileRecord(
         name=name,
         device=str(options.torch_device),

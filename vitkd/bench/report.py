@@ -154,20 +154,21 @@ def _csv_cell(value: Any) -> str:
 
 
 def _parse_csv_cell(text: str, hint: Any) -> Any:
-    """Invert `_csv_cell` for a field whose annotation is `hint` (int, float, str, bool, tuples, `X | None`)."""
+    """Invert `_csv_cell` for a field annotated `hint` (`X | None`, bool, int, float, str, `tuple[X, ...]`).
+
+    The bench's only CSV reader: a CSV cell is text, and what it held is known only from the record's annotation
+    (`vitkd.config`'s converter checks values YAML already typed, so it does not apply here).
+    """
     arguments = typing.get_args(hint)
     if type(None) in arguments:
         if text == "":
             return None
         hint = next(argument for argument in arguments if argument is not type(None))
     if typing.get_origin(hint) is tuple:
-        item_type = typing.get_args(hint)[0]
-        return tuple(item_type(item) for item in text.split(";")) if text else ()
-    if hint is bool:
-        if text not in ("True", "False"):
-            raise ValueError(f"expected True or False, got {text!r}")
-        return text == "True"
-    return hint(text)
+        return [typing.get_args(hint)[0](item) for item in text.split(";")] if text else []
+    if hint is bool and text not in ("True", "False"):
+        raise ValueError(f"expected True or False, got {text!r}")
+    return text == "True" if hint is bool else hint(text)
 
 
 def _records_from_csv(text: str, source: Path) -> list[ProfileRecord]:
@@ -175,7 +176,8 @@ def _records_from_csv(text: str, source: Path) -> list[ProfileRecord]:
     records = []
     for line_number, row in enumerate(csv.DictReader(io.StringIO(text)), start=2):
         try:
-            records.append(ProfileRecord(**{name: _parse_csv_cell(cell, hints[name]) for name, cell in row.items()}))
+            records.append(ProfileRecord.from_dict({name: _parse_csv_cell(cell, hints.get(name, str))
+                                                    for name, cell in row.items()}))
         except (KeyError, TypeError, ValueError) as error:
             raise ValueError(f"{source}: line {line_number} is not a ProfileRecord row: {error}") from error
     return records

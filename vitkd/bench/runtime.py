@@ -1,7 +1,8 @@
 """How a model runs while it is measured: device, CPU threads, memory format, autocast and torch.compile.
 
 The same `RuntimeOptions` drive latency, throughput, memory and accuracy, so every figure in one record comes from
-the same configuration (timm's benchmark script takes the same switches).
+the same configuration (timm's benchmark script takes the same switches). Device and autocast dtype are chosen as
+the trainer chooses them (`vitkd.engine.distributed.resolve_device`, `vitkd.engine.amp.resolve_amp_dtype`).
 """
 
 from __future__ import annotations
@@ -14,19 +15,10 @@ import torch
 from torch import nn
 
 from vitkd.bench.input_size import InputSize
+from vitkd.engine.amp import autocast, resolve_amp_dtype
+from vitkd.engine.distributed import resolve_device
 
-__all__ = ["AMP_DTYPES", "RuntimeOptions", "example_batch", "inference_context", "prepare_model", "resolve_device",
-           "synchronize", "use_threads"]
-
-AMP_DTYPES: dict[str, torch.dtype] = {"cpu": torch.bfloat16, "cuda": torch.float16}
-"""Autocast dtype per device type: bf16 on CPU (the only fast low-precision CPU path), fp16 on CUDA."""
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """`None` or `"auto"` picks CUDA when available, else CPU; anything else goes through `torch.device`."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+__all__ = ["RuntimeOptions", "example_batch", "inference_context", "prepare_model", "synchronize", "use_threads"]
 
 
 @dataclass(frozen=True)
@@ -34,10 +26,10 @@ class RuntimeOptions:
     """Settings shared by every measurement of one model.
 
     Attributes:
-        device: where the model runs (`"cpu"`, `"cuda"`, `"cuda:1"`, ...).
+        device: where the model runs (`"cpu"`, `"cuda"`, `"cuda:1"`, ...; `"auto"`: CUDA when available).
         threads: CPU intra-op threads for `torch.set_num_threads`; `None` keeps the current setting.
         channels_last: convert model and input to `torch.channels_last` (helps convolutions, rarely ViTs).
-        amp: autocast to `AMP_DTYPES[device type]` (bf16 on CPU, fp16 on CUDA).
+        amp: autocast as the trainer's `amp: auto` does (bf16 on CPU, fp16 on CUDA).
         compile: wrap the model in `torch.compile` (compilation happens during warmup and is not timed).
     """
 
@@ -49,7 +41,7 @@ class RuntimeOptions:
 
     @property
     def torch_device(self) -> torch.device:
-        return resolve_device(self.device)
+        return resolve_device(str(self.device))
 
     @property
     def memory_format(self) -> torch.memory_format:
@@ -57,12 +49,7 @@ class RuntimeOptions:
 
     @property
     def amp_dtype(self) -> torch.dtype | None:
-        if not self.amp:
-            return None
-        device_type = self.torch_device.type
-        if device_type not in AMP_DTYPES:
-            raise ValueError(f"AMP is not supported on device {device_type!r}; supported: {sorted(AMP_DTYPES)}")
-        return AMP_DTYPES[device_type]
+        return resolve_amp_dtype("auto" if self.amp else "off", self.torch_device)
 
 
 @contextlib.contextmanager
@@ -101,13 +88,8 @@ def example_batch(input_size: InputSize, batch_size: int, options: RuntimeOption
 @contextlib.contextmanager
 def inference_context(options: RuntimeOptions) -> Iterator[None]:
     """`torch.inference_mode()` plus autocast when `options.amp` is set."""
-    amp_dtype = options.amp_dtype
-    with torch.inference_mode():
-        if amp_dtype is None:
-            yield
-        else:
-            with torch.autocast(device_type=options.torch_device.type, dtype=amp_dtype):
-                yield
+    with torch.inference_mode(), autocast(options.torch_device, options.amp_dtype):
+        yield
 
 
 def synchronize(device: torch.device) -> None:

@@ -5,8 +5,10 @@ Write with `SparseLogitWriter` (begin_epoch / write / finish_epoch, one or sever
 with `rebuild_soft_labels`. The on-disk layout is described in `vitkd.cache.format`.
 
 Around the storage: `vitkd.cache.logit_job.build_logit_cache` (`vitkd cache-logits`) runs a recipe's teacher over
-its augmented training stream; `vitkd.cache.run_identity` says what a cache must match to serve a run; training
-reads it through `vitkd.tasks.classification.cached_teacher.CachedTeacher` (`teacher.cache` in a recipe).
+its augmented training stream; `vitkd.cache.run_identity` says what a cache must match to serve a run and holds the
+one identity check (`identity_mismatches`, `mismatch_error`) that writers and readers run; training reads it
+through `vitkd.tasks.classification.cached_teacher.CachedTeacher` (`teacher.cache` in a recipe); `vitkd cache-info
+DIR [--verify]` describes a cache.
 """
 
 from vitkd.errors import (
@@ -23,13 +25,19 @@ from vitkd.cache.format import (
     FORMAT_VERSION,
     MANIFEST_NAME,
     dataset_fingerprint,
-    expected_identity,
     fingerprint_samples,
     hash_config,
     hash_state_dict,
     index_dtype_for,
     record_dtype,
     record_size,
+)
+from vitkd.cache.run_identity import (
+    IDENTITY_FIELDS,
+    expected_identity,
+    identity_mismatches,
+    mismatch_error,
+    recipe_identity,
     teacher_identity,
 )
 from vitkd.cache.reader import EpochIntegrity, IntegrityReport, SparseLogitReader, open_cache
@@ -38,6 +46,7 @@ from vitkd.cache.writer import SparseLogitWriter
 
 __all__ = [
     "FORMAT_VERSION",
+    "IDENTITY_FIELDS",
     "MANIFEST_NAME",
     "CacheCorruptionError",
     "CacheFormatError",
@@ -57,9 +66,12 @@ __all__ = [
     "fingerprint_samples",
     "hash_config",
     "hash_state_dict",
+    "identity_mismatches",
     "index_dtype_for",
+    "mismatch_error",
     "open_cache",
     "rebuild_soft_labels",
+    "recipe_identity",
     "record_dtype",
     "record_size",
     "teacher_identity",

@@ -87,8 +87,11 @@ def add_cache_info_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_cache_info(args: argparse.Namespace) -> int:
-    """Exit status 0: usable (and verified); 1: missing/truncated files or failing records; 2: not a cache."""
-    from vitkd.cache.info import main as cache_info_main
+    """Print a cache's description; exit status 0: usable (and verified with --verify); 1: missing/truncated files
+    or failing records. A directory that is not a readable cache raises `LogitCacheError` (the CLI prints it as one
+    line and exits with status 2)."""
+    from vitkd.cache.info import describe_cache
 
-    argv = [args.cache_dir] + (["--verify"] if args.verify else []) + (["--no-progress"] if args.no_progress else [])
-    return cache_info_main(argv)
+    text, ok = describe_cache(args.cache_dir, verify=args.verify, progress=not args.no_progress)
+    print(text)
+    return 0 if ok else 1

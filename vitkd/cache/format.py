@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vitkd.errors import CacheFormatError, CacheMismatchError
+from vitkd.errors import CacheFormatError
 from vitkd.files import atomic_write
 
 FORMAT_NAME = "vitkd-sparse-logits"
@@ -56,9 +56,6 @@ SEED_DTYPE = np.dtype("<u4")
 VALUE_DTYPE = np.dtype("<f2")
 CHECKSUM_DESCRIPTION = "crc32(epoch uint32 LE || sample_id uint64 LE || record[0:record_size-4])"
 
-# Manifest fields that say which teacher targets a cache holds; a writer or trainer whose values differ must not
-# use it. The order is the order in which mismatches are reported.
-IDENTITY_FIELDS = ("num_samples", "topk", "num_classes", "teacher", "dataset", "augmentation_hash")
 REQUIRED_MANIFEST_FIELDS = (
     "format",
     "format_version",
@@ -126,9 +123,10 @@ def epoch_file_name(epoch: int) -> str:
     return EPOCH_FILE_PATTERN.format(epoch=epoch)
 
 
-def epoch_temp_name(epoch: int) -> str:
-    """Name of the merged epoch file while it is being assembled (never read)."""
-    return epoch_file_name(epoch) + ".tmp"
+def epoch_temp_pattern(epoch: int) -> str:
+    """Glob pattern of the merged epoch file while it is being assembled (`vitkd.files.atomic_write`'s temporary
+    file beside the epoch file; never read)."""
+    return f".{epoch_file_name(epoch)}.*.tmp"
 
 
 def shard_file_name(epoch: int, rank: int, world_size: int) -> str:
@@ -267,11 +265,6 @@ def dataset_fingerprint(items: Iterable[Any]) -> dict[str, Any]:
     return {"num_samples": len(items), "samples_hash": fingerprint_samples(items)}
 
 
-def teacher_identity(name: str, state_dict: Mapping[str, Any]) -> dict[str, str]:
-    """Manifest `teacher` entry: `{"name": name, "weights_hash": hash_state_dict(state_dict)}`."""
-    return {"name": str(name), "weights_hash": hash_state_dict(state_dict)}
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # manifest
 # ----------------------------------------------------------------------------------------------------------------
@@ -403,67 +396,12 @@ def _is_epoch_number(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
+def inspect_command(cache_dir: str | os.PathLike, *, verify: bool = False) -> str:
+    """The command that shows what a cache holds (manifest, epochs, sizes; `--verify`: every record's CRC32), quoted
+    for error messages."""
+    return f"`vitkd cache-info {cache_dir}{' --verify' if verify else ''}`"
+
+
 def write_manifest_atomic(cache_dir: str | os.PathLike, manifest: Mapping[str, Any]) -> None:
     """Write `manifest.json` durably, so that readers see either the old or the new file, never a partial one."""
     atomic_write(Path(cache_dir) / MANIFEST_NAME, json.dumps(manifest, indent=2, sort_keys=False) + "\n", durable=True)
-
-
-def expected_identity(
-    *,
-    num_samples: int | None = None,
-    topk: int | None = None,
-    num_classes: int | None = None,
-    teacher: Mapping[str, Any] | None = None,
-    dataset: Mapping[str, Any] | None = None,
-    augmentation_hash: str | None = None,
-) -> dict[str, Any]:
-    """Build the `expected` dict for `SparseLogitReader.check_compatible`, leaving out fields given as None."""
-    fields = {
-        "num_samples": num_samples,
-        "topk": topk,
-        "num_classes": num_classes,
-        "teacher": teacher,
-        "dataset": dataset,
-        "augmentation_hash": augmentation_hash,
-    }
-    return {name: value for name, value in fields.items() if value is not None}
-
-
-# Alternative spellings accepted in `expected` dicts: the writer's keyword names.
-_IDENTITY_ALIASES = {"teacher_id": "teacher", "dataset_fingerprint": "dataset", "k": "topk"}
-
-
-def identity_mismatches(manifest: Mapping[str, Any], expected: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
-    """`(field, expected, found)` for every identity field of `expected` whose manifest value differs.
-
-    Raises:
-        ValueError: `expected` holds a key that is not an identity field (catches typos that would skip a check).
-    """
-    canonical: dict[str, Any] = {}
-    for key, value in expected.items():
-        field = _IDENTITY_ALIASES.get(key, key)
-        if field not in IDENTITY_FIELDS:
-            raise ValueError(
-                f"unknown cache identity field {key!r}; valid fields are {list(IDENTITY_FIELDS)} "
-                f"(or the aliases {sorted(_IDENTITY_ALIASES)})"
-            )
-        canonical[field] = value
-    mismatches = []
-    for field in IDENTITY_FIELDS:
-        if field not in canonical:
-            continue
-        wanted, found = normalise_json_value(canonical[field]), manifest.get(field)
-        if wanted != found:
-            mismatches.append((field, wanted, found))
-    return mismatches
-
-
-def mismatch_error(
-    mismatches: list[tuple[str, Any, Any]], manifest_file: str | os.PathLike, *, action: str
-) -> CacheMismatchError:
-    """A `CacheMismatchError` whose message lists each mismatching field with both values."""
-    lines = [f"cache {manifest_file} was built for different settings; cannot {action}:"]
-    for field, wanted, found in mismatches:
-        lines.append(f"  {field}: expected {canonical_json(wanted)}, cache has {canonical_json(found)}")
-    lines.append("use a new cache directory, or rebuild this one with `vitkd cache-logits`")
-    return CacheMismatchError("\n".join(lines), mismatches)

@@ -1,20 +1,16 @@
 """Human-readable description of a logit cache: manifest, sizes, epochs, leftovers and (optionally) integrity.
 
-Used by `tools/cache_info.py DIR [--verify]`; `main` returns the process exit status: 0 when the cache is usable
-(and verified, with --verify), 1 when an epoch file is missing/truncated or records fail their check, 2 when the
-directory is not a readable cache at all.
+Behind `vitkd cache-info DIR [--verify]` (`vitkd.cache.command.run_cache_info`), which exits with status 0 when the
+cache is usable (and verified, with --verify), 1 when an epoch file is missing/truncated or records fail their check,
+and 2 when the directory is not a readable cache at all.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vitkd.errors import LogitCacheError
 from vitkd.cache.format import canonical_json
 from vitkd.cache.reader import IntegrityReport, open_cache
 
@@ -99,19 +95,3 @@ def describe_cache(path: str | os.PathLike, *, verify: bool = False, progress: b
     report = open_cache(path, check_files=False).verify(progress=progress) if verify else None
     files_ok = all(entry["problem"] is None for entry in summary["epochs"])
     return format_cache_info(summary, report), files_ok and (report is None or report.ok)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`cache_info DIR [--verify] [--no-progress]`; returns the exit status (see module docstring)."""
-    parser = argparse.ArgumentParser(description="Describe a vitkd sparse teacher-logit cache.")
-    parser.add_argument("cache_dir", help="cache directory (holds manifest.json)")
-    parser.add_argument("--verify", action="store_true", help="check every record's CRC32")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar during --verify")
-    args = parser.parse_args(argv)
-    try:
-        text, ok = describe_cache(args.cache_dir, verify=args.verify, progress=not args.no_progress)
-    except LogitCacheError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(text)
-    return 0 if ok else 1

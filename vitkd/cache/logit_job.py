@@ -24,9 +24,8 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from vitkd.cache.format import DEFAULT_TOPK, default_topk, load_manifest, manifest_path
-from vitkd.cache.run_identity import (augmentation_hash, augmentation_record, dataset_record, recorded_with,
-                                      run_mismatch_error, run_mismatches, teacher_record)
+from vitkd.cache.format import DEFAULT_TOPK, default_topk
+from vitkd.cache.run_identity import recipe_identity, recorded_with
 from vitkd.cache.writer import SparseLogitWriter
 from vitkd.config import Recipe
 from vitkd.errors import ConfigError
@@ -36,9 +35,7 @@ from vitkd.data.replay import BatchReplay
 from vitkd.engine.amp import autocast, resolve_amp_dtype
 from vitkd.engine.distributed import DistributedContext, init_distributed, set_cpu_threads
 from vitkd.engine.rng import seed_everything
-from vitkd.models.factory import build_model
-from vitkd.models.teacher import FrozenTeacher
-
+from vitkd.models.teacher import FrozenTeacher, build_frozen_teacher
 
 
 @dataclass
@@ -81,20 +78,6 @@ def resolve_cache_settings(recipe: Recipe, epochs: Optional[int], topk: Optional
     return epochs, topk, Path(output)
 
 
-def _build_teacher(recipe: Recipe, num_classes: int, device: torch.device) -> FrozenTeacher:
-    """The frozen teacher exactly as `Trainer` builds it for online distillation."""
-    teacher_cfg = recipe.teacher
-    kwargs = dict(teacher_cfg.kwargs)
-    if "num_classes" in kwargs and kwargs["num_classes"] != num_classes:
-        raise ConfigError(f"teacher.kwargs.num_classes={kwargs['num_classes']} but the dataset has {num_classes} "
-                          "classes")
-    kwargs["num_classes"] = num_classes
-    model = build_model(teacher_cfg.name, kwargs, teacher_cfg.checkpoint)
-    student_mean = tuple(recipe.student.mean or recipe.data.mean)
-    student_std = tuple(recipe.student.std or recipe.data.std)
-    return FrozenTeacher(model, student_mean, student_std, teacher_cfg.mean, teacher_cfg.std).to(device)
-
-
 def build_logit_cache(recipe: Recipe, epochs: Optional[int] = None, topk: Optional[int] = None,
                       output: Optional[str | Path] = None, *, progress: bool = True,
                       context: Optional[DistributedContext] = None) -> LogitCacheResult:
@@ -113,7 +96,8 @@ def build_logit_cache(recipe: Recipe, epochs: Optional[int] = None, topk: Option
         a `LogitCacheResult`.
     Raises:
         ConfigError: no teacher, no output directory, bad epochs/K.
-        CacheMismatchError: `output` holds a cache made for other settings (each differing field is named).
+        CacheMismatchError: `output` holds a cache made for other settings (each differing setting is named, by
+            `SparseLogitWriter`'s one identity check).
     """
     start = time.perf_counter()
     epochs, topk, output = resolve_cache_settings(recipe, epochs, topk, output)
@@ -130,20 +114,14 @@ def build_logit_cache(recipe: Recipe, epochs: Optional[int] = None, topk: Option
     mixup = build_mixup(data, num_classes)
     replay = BatchReplay(dataset, data.batch_size, context.world_size, recipe.train.seed, mixup)
     dataset.use_batch_replay(replay)
-    augmentation = augmentation_record(data, recipe.train.seed, mixup, data.batch_size, context.world_size)
-    dataset_id = dataset_record(dataset, data)
-    teacher = _build_teacher(recipe, num_classes, device)
-    teacher_id = teacher_record(recipe.teacher, teacher.model)
-    if manifest_path(output).is_file():  # resuming: name every differing setting before the writer's hash check
-        mismatches = run_mismatches(load_manifest(output), num_samples=len(dataset), num_classes=num_classes,
-                                    dataset=dataset_id, augmentation=augmentation, topk=topk, teacher=teacher_id)
-        if mismatches:
-            raise run_mismatch_error(mismatches, output, action="continue writing it")
-    writer = SparseLogitWriter(
-        output, num_samples=len(dataset), topk=topk, num_classes=num_classes, teacher_id=teacher_id,
-        dataset_fingerprint=dataset_id, augmentation_hash=augmentation_hash(augmentation), rank=context.rank,
-        world_size=context.world_size,
-        extra_manifest={"augmentation": augmentation, "recorded_with": recorded_with()})
+    teacher = build_frozen_teacher(recipe, num_classes).to(device)
+    identity = recipe_identity(recipe, dataset, num_classes, mixup, context.world_size, topk=topk,
+                               teacher_state_dict=teacher.model.state_dict())
+    writer = SparseLogitWriter(  # resuming: refuses a cache of other settings, naming each one
+        output, num_samples=len(dataset), topk=topk, num_classes=num_classes, teacher_id=identity["teacher"],
+        dataset_fingerprint=identity["dataset"], augmentation=identity["augmentation"],
+        augmentation_hash=identity["augmentation_hash"], rank=context.rank, world_size=context.world_size,
+        extra_manifest={"recorded_with": recorded_with()})
     amp_dtype = resolve_amp_dtype(recipe.train.amp, device)
     missing = writer.missing_epochs(epochs)
     show = progress and context.is_main

@@ -27,16 +27,15 @@ from vitkd.errors import (
 from vitkd.cache.format import (
     MANIFEST_NAME,
     epoch_file_name,
-    identity_mismatches,
+    inspect_command,
     load_manifest,
-    manifest_path,
-    mismatch_error,
     record_checksums,
     record_dtype,
     skipped_mask,
     unwritten_mask,
     utc_now,
 )
+from vitkd.cache.run_identity import identity_mismatches, mismatch_error
 
 EPOCH_POLICIES = ("cycle", "fail")
 VERIFY_CHUNK_RECORDS = 1 << 16  # records checked per step in verify() (bounded memory, smooth progress bar)
@@ -130,7 +129,8 @@ class SparseLogitReader:
     Args:
         path: cache directory.
         check_files: check at open that every completed epoch's file exists and has exactly
-            `num_samples * record_size` bytes (turn off only to inspect a damaged cache, as `cache_info` does).
+            `num_samples * record_size` bytes (turn off only to inspect a damaged cache, as `vitkd cache-info`
+            does).
 
     Attributes:
         manifest: the manifest dict (see `vitkd.cache.format.build_manifest`).
@@ -156,9 +156,7 @@ class SparseLogitReader:
         self._memmaps: dict[int, np.memmap] = {}
         if check_files:
             for epoch in self.completed_epochs:
-                problem = self.epoch_file_problem(epoch)
-                if problem is not None:
-                    raise CacheFormatError(f"logit cache {self.path}: {problem}")
+                self._check_epoch_file(epoch)
 
     # ------------------------------------------------------------------------------------------------------------
     # files
@@ -182,6 +180,13 @@ class SparseLogitReader:
                     f"(= {self.num_samples} samples x {self.record_size}-byte records)")
         return None
 
+    def _check_epoch_file(self, epoch: int) -> None:
+        """Raise `CacheFormatError` when `epoch`'s file is missing or has the wrong size."""
+        problem = self.epoch_file_problem(epoch)
+        if problem is not None:
+            raise CacheFormatError(f"logit cache {self.path}: {problem}; {inspect_command(self.path)} lists the "
+                                   "epochs and files it has")
+
     def _records(self, epoch: int) -> np.memmap:
         """[num_samples] structured memmap of an epoch file (opened lazily, once per process)."""
         records = self._memmaps.get(epoch)
@@ -189,11 +194,9 @@ class SparseLogitReader:
             if epoch not in self.completed_epochs:
                 raise MissingEpochError(
                     f"epoch {epoch} is not in logit cache {self.path} (cached epochs: {self.completed_epochs}); "
-                    "map training epochs with epoch_for()"
+                    f"map training epochs with epoch_for(), see {inspect_command(self.path)}"
                 )
-            problem = self.epoch_file_problem(epoch)
-            if problem is not None:
-                raise CacheFormatError(f"logit cache {self.path}: {problem}")
+            self._check_epoch_file(epoch)
             records = np.memmap(self.epoch_file(epoch), dtype=self.record_dtype, mode="r", shape=(self.num_samples,))
             self._memmaps[epoch] = records
         return records
@@ -253,22 +256,25 @@ class SparseLogitReader:
                 bad_ids = np.unique(ids[skipped])
                 raise SkippedSampleError(
                     f"epoch file {file} (epoch {epoch}): sample ids {_shown(bad_ids)} were skipped when the cache was "
-                    "built (e.g. unreadable images), so they have no teacher targets; skip them in training too.",
+                    "built (e.g. unreadable images), so they have no teacher targets; skip them in training too "
+                    f"({inspect_command(self.path, verify=True)} lists every skipped sample).",
                     file=file, epoch=epoch, sample_ids=bad_ids.tolist(),
                 )
             return
+        repair = (f"Run {inspect_command(self.path, verify=True)} to find every damaged record and rebuild the damaged "
+                  "epoch with `vitkd cache-logits`.")
         unwritten = failing & unwritten_mask(records)
         if unwritten.any():
             bad_ids = np.unique(ids[unwritten])
             raise UnwrittenRecordError(
                 f"epoch file {file} (epoch {epoch}): records of sample ids {_shown(bad_ids)} were never written "
-                "(all zero bytes); the file has holes. Rebuild this epoch with `vitkd cache-logits`.",
+                f"(all zero bytes); the file has holes. {repair}",
                 file=file, epoch=epoch, sample_ids=bad_ids.tolist(),
             )
         bad_ids = np.unique(ids[failing])
         raise CacheCorruptionError(
             f"epoch file {file} (epoch {epoch}): CRC32 mismatch for sample ids {_shown(bad_ids)}; the cache is "
-            f"corrupted. Run `python tools/cache_info.py {self.path} --verify` and rebuild the damaged epoch.",
+            f"corrupted. {repair}",
             file=file, epoch=epoch, sample_ids=bad_ids.tolist(),
         )
 
@@ -281,14 +287,16 @@ class SparseLogitReader:
 
         Args:
             expected: any of `num_samples`, `topk`, `num_classes`, `teacher` (alias `teacher_id`), `dataset` (alias
-                `dataset_fingerprint`), `augmentation_hash`; fields left out are not checked.
+                `dataset_fingerprint`), `augmentation` (the record), `augmentation_hash`; fields left out are not
+                checked (see `vitkd.cache.run_identity.identity_mismatches`, `expected_identity`,
+                `recipe_identity`).
         Raises:
-            CacheMismatchError: listing every mismatching field with the expected and the cached value.
+            CacheMismatchError: listing every differing setting with this run's and the cache's value.
             ValueError: `expected` has a key that is not one of the fields above.
         """
         mismatches = identity_mismatches(self.manifest, expected)
         if mismatches:
-            raise mismatch_error(mismatches, manifest_path(self.path), action="use it for this run")
+            raise mismatch_error(mismatches, self.path, action="use it for this run")
 
     def require_epochs(self, num_train_epochs: int, policy: str = "fail") -> list[int]:
         """Declare how many training epochs will read the cache and how to serve epochs it lacks.
@@ -305,14 +313,15 @@ class SparseLogitReader:
         if policy not in EPOCH_POLICIES:
             raise ValueError(f"epoch policy must be one of {EPOCH_POLICIES}, got {policy!r}")
         if not self.completed_epochs:
-            raise MissingEpochError(f"logit cache {self.path} holds no completed epochs; run `vitkd cache-logits`")
+            raise MissingEpochError(f"logit cache {self.path} holds no completed epochs; run `vitkd cache-logits` "
+                                    f"(see {inspect_command(self.path)})")
         if policy == "fail":
             missing = [epoch for epoch in range(num_train_epochs) if epoch not in self.completed_epochs]
             if missing:
                 raise MissingEpochError(
                     f"training for {num_train_epochs} epochs needs cached epochs 0..{num_train_epochs - 1}, but "
                     f"logit cache {self.path} lacks epochs {_shown(missing)} (cached: {self.completed_epochs}). "
-                    "Cache more epochs or use policy='cycle'."
+                    f"Cache more epochs or use policy='cycle'; {inspect_command(self.path)} shows what it holds."
                 )
         self.epoch_policy = policy
         return [self.epoch_for(epoch) for epoch in range(num_train_epochs)]
@@ -331,7 +340,8 @@ class SparseLogitReader:
             return train_epoch
         raise MissingEpochError(
             f"training epoch {train_epoch} is not in logit cache {self.path} (cached epochs: "
-            f"{self.completed_epochs}); cache it, or call require_epochs(n, policy='cycle') to reuse cached epochs"
+            f"{self.completed_epochs}); cache it, or call require_epochs(n, policy='cycle') to reuse cached epochs "
+            f"(see {inspect_command(self.path)})"
         )
 
     # ------------------------------------------------------------------------------------------------------------
@@ -353,7 +363,7 @@ class SparseLogitReader:
         unknown = [epoch for epoch in epochs if epoch not in self.completed_epochs]
         if unknown:
             raise MissingEpochError(f"cannot verify epochs {unknown}: not in logit cache {self.path} "
-                                    f"(cached epochs: {self.completed_epochs})")
+                                    f"(cached epochs: {self.completed_epochs}; see {inspect_command(self.path)})")
         results = [EpochIntegrity(epoch=epoch, file=self.epoch_file(epoch), problem=self.epoch_file_problem(epoch))
                    for epoch in epochs]
         readable = [result for result in results if result.problem is None]

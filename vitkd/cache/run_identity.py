@@ -1,8 +1,11 @@
-"""What a logit cache must agree with to serve a run: dataset, classes, K, teacher and the augmentation it replays.
+"""What a logit cache must agree with to serve a run, and the one check that compares the two.
 
-`vitkd cache-logits` stores these records in the manifest (the storage layer keeps hashes of them as identity
-fields); training with `teacher.cache` rebuilds them from its recipe and compares field by field before the first
-step, so a mismatch names the exact setting (for example `augmentation.batch_replay.batch_size`).
+A cache's manifest records its identity: the sample count, K, the class count, the teacher, the dataset and the
+augmentation the teacher's inputs came from. `identity_mismatches` compares a manifest with what a run expects,
+field by field, and `mismatch_error` turns the differences into a `CacheMismatchError` that names each differing
+setting (for example `augmentation.batch_replay.batch_size`) with both values. `SparseLogitWriter` runs it when it
+reopens a cache, `SparseLogitReader.check_compatible` when a run reads one; `vitkd cache-logits` and training with
+`teacher.cache` build their expectation from the recipe with `recipe_identity`.
 
 The augmentation record holds everything that changes the teacher's input images:
 - `transform`: the timm training transform settings (crop scale, flip, colour jitter, RandAugment, random erasing,
@@ -11,22 +14,32 @@ The augmentation record holds everything that changes the teacher's input images
 - `mixup`: the seeded Mixup/CutMix settings (`vitkd.data.mixup`), or None;
 - `batch_replay`: with Mixup/CutMix only, the per-rank batch size and world size: images are mixed with partners
   from their own batch, so only the same batches replay the same mixed images.
+The manifest stores the record and its hash (`augmentation_hash`, the identity field).
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping
-from typing import Any, Optional
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
 
-import timm
 import torch
-from torch import nn
 
+from vitkd.cache.format import (MANIFEST_NAME, canonical_json, dataset_fingerprint, hash_config, hash_state_dict,
+                                inspect_command, normalise_json_value)
 from vitkd.errors import CacheMismatchError
-from vitkd.cache.format import canonical_json, dataset_fingerprint, hash_config, hash_state_dict, normalise_json_value
-from vitkd.config import DataConfig, TeacherConfig
-from vitkd.data.mixup import SeededMixup
+
+if TYPE_CHECKING:  # types only: the storage layer imports this module without the recipe machinery
+    from vitkd.config import DataConfig, Recipe, TeacherConfig
+    from vitkd.data.mixup import SeededMixup
+
+#: Manifest fields that say which teacher targets a cache holds, in the order mismatches are reported.
+#: `augmentation` is the record behind `augmentation_hash`; a cache written without it is checked by the hash alone.
+IDENTITY_FIELDS = ("num_samples", "topk", "num_classes", "teacher", "dataset", "augmentation", "augmentation_hash")
+# Alternative spellings accepted in `expected` dicts: the writer's keyword names.
+_IDENTITY_ALIASES = {"teacher_id": "teacher", "dataset_fingerprint": "dataset", "k": "topk"}
 
 _HINTS = {
     "augmentation.batch_replay": "Mixup/CutMix mixes images within a batch, so a cache replays only with the batch "
@@ -39,6 +52,11 @@ _HINTS = {
     "topk": "teacher.cache_topk differs from the cache's K",
     "num_classes": "the dataset's class count differs from the cache's",
 }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the records a run is identified by
+# ----------------------------------------------------------------------------------------------------------------
 
 
 def augmentation_record(data: DataConfig, seed: int, mixup: Optional[SeededMixup], batch_size: int,
@@ -65,6 +83,8 @@ def augmentation_hash(record: Mapping[str, Any]) -> str:
 
 def recorded_with() -> dict[str, str]:
     """Library versions behind the replay (stored for information: a different version may round differently)."""
+    import timm
+
     return {"torch": torch.__version__, "timm": timm.__version__}
 
 
@@ -86,19 +106,104 @@ def checkpoint_hash(checkpoint: Optional[str | os.PathLike]) -> Optional[str]:
     return hash_state_dict(state_dict)
 
 
-def teacher_record(teacher: TeacherConfig, model: Optional[nn.Module] = None) -> dict[str, Any]:
-    """Manifest `teacher` entry: name, timm kwargs, checkpoint content hash, input normalisation and, when the built
-    model is given, `weights_hash` of its state_dict (what `SparseLogitWriter` requires)."""
-    record: dict[str, Any] = {
-        "name": teacher.name,
-        "kwargs": dict(teacher.kwargs),
-        "checkpoint_hash": checkpoint_hash(teacher.checkpoint),
-        "mean": list(teacher.mean) if teacher.mean is not None else None,
-        "std": list(teacher.std) if teacher.std is not None else None,
+def teacher_identity(teacher: str | TeacherConfig, state_dict: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+    """Manifest `teacher` entry: the one builder of a teacher's identity, for writers and readers alike.
+
+    Args:
+        teacher: the recipe's `TeacherConfig` (name, timm kwargs, input normalisation and the content hash of
+            `checkpoint`), or just a model name (then only `name`).
+        state_dict: the built teacher's weights, hashed as `weights_hash` (what `SparseLogitWriter` requires).
+            A run that builds no teacher leaves it out, and with it the check of the weights themselves.
+    Returns:
+        the JSON-normalised entry. A `checkpoint` that is set but not on this machine cannot be hashed: a warning
+        says so and `checkpoint_hash` is left out, so only the other fields are checked against a cache.
+    """
+    if isinstance(teacher, str):
+        identity: dict[str, Any] = {"name": teacher}
+    else:
+        identity = {"name": teacher.name, "kwargs": dict(teacher.kwargs),
+                    "mean": list(teacher.mean) if teacher.mean is not None else None,
+                    "std": list(teacher.std) if teacher.std is not None else None}
+        if teacher.checkpoint and not Path(teacher.checkpoint).exists():
+            warnings.warn(f"teacher.checkpoint {teacher.checkpoint} is not here, so the cache's teacher weights are "
+                          f"not checked against it (name and kwargs are)", stacklevel=2)
+        else:
+            identity["checkpoint_hash"] = checkpoint_hash(teacher.checkpoint)
+    if state_dict is not None:
+        identity["weights_hash"] = hash_state_dict(state_dict)
+    return normalise_json_value(identity)
+
+
+def expected_identity(
+    *,
+    num_samples: int | None = None,
+    topk: int | None = None,
+    num_classes: int | None = None,
+    teacher: Mapping[str, Any] | None = None,
+    dataset: Mapping[str, Any] | None = None,
+    augmentation: Mapping[str, Any] | None = None,
+    augmentation_hash: str | None = None,
+) -> dict[str, Any]:
+    """An `expected` dict for `identity_mismatches` / `SparseLogitReader.check_compatible`, leaving out fields
+    given as None; `augmentation_hash` defaults to the hash of `augmentation`."""
+    if augmentation is not None and augmentation_hash is None:
+        augmentation_hash = hash_config(augmentation)
+    fields = {
+        "num_samples": num_samples,
+        "topk": topk,
+        "num_classes": num_classes,
+        "teacher": teacher,
+        "dataset": dataset,
+        "augmentation": augmentation,
+        "augmentation_hash": augmentation_hash,
     }
-    if model is not None:
-        record["weights_hash"] = hash_state_dict(model.state_dict())
-    return normalise_json_value(record)
+    return {name: value for name, value in fields.items() if value is not None}
+
+
+def recipe_identity(recipe: Recipe, dataset: Any, num_classes: int, mixup: Optional[SeededMixup], world_size: int,
+                    *, topk: int, teacher_state_dict: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+    """What a cache must hold to serve `recipe` on `dataset` (an `expected_identity` dict with every field).
+
+    Args:
+        recipe: the recipe (its data, augmentation, Mixup/CutMix, batch size, train seed and teacher).
+        dataset: the seeded training dataset.
+        num_classes: its class count.
+        mixup: the run's seeded Mixup/CutMix, or None.
+        world_size: number of processes (part of the identity with Mixup/CutMix).
+        topk: K.
+        teacher_state_dict: the built teacher's weights (`vitkd cache-logits`); None for a run that reads a cache.
+    """
+    data, teacher = recipe.data, recipe.teacher
+    return expected_identity(
+        num_samples=len(dataset), topk=int(topk), num_classes=int(num_classes),
+        teacher=teacher_identity(teacher, teacher_state_dict) if teacher is not None and teacher.name else None,
+        dataset=dataset_record(dataset, data),
+        augmentation=augmentation_record(data, recipe.train.seed, mixup, data.batch_size, world_size))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the check
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _canonical_expected(expected: Mapping[str, Any]) -> dict[str, Any]:
+    """`expected` with aliases resolved, values as the manifest stores them and the augmentation hash filled in.
+
+    Raises:
+        ValueError: a key that is not an identity field (catches typos that would skip a check).
+    """
+    canonical: dict[str, Any] = {}
+    for key, value in expected.items():
+        field = _IDENTITY_ALIASES.get(key, key)
+        if field not in IDENTITY_FIELDS:
+            raise ValueError(
+                f"unknown cache identity field {key!r}; valid fields are {list(IDENTITY_FIELDS)} "
+                f"(or the aliases {sorted(_IDENTITY_ALIASES)})"
+            )
+        canonical[field] = normalise_json_value(value)
+    if "augmentation" in canonical and "augmentation_hash" not in canonical:
+        canonical["augmentation_hash"] = hash_config(canonical["augmentation"])
+    return canonical
 
 
 def _differences(prefix: str, expected: Any, found: Any) -> list[tuple[str, Any, Any]]:
@@ -111,37 +216,37 @@ def _differences(prefix: str, expected: Any, found: Any) -> list[tuple[str, Any,
     return [] if expected == found else [(prefix, expected, found)]
 
 
-def run_mismatches(manifest: Mapping[str, Any], *, num_samples: int, num_classes: int, dataset: Mapping[str, Any],
-                   augmentation: Mapping[str, Any], topk: Optional[int] = None,
-                   teacher: Optional[Mapping[str, Any]] = None) -> list[tuple[str, Any, Any]]:
-    """Every field where a cache's manifest disagrees with a run, as `(dotted field, expected, cache's value)`.
+def identity_mismatches(manifest: Mapping[str, Any], expected: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    """Every setting where a cache's manifest disagrees with `expected`, as `(dotted field, expected, cache's value)`.
 
     Args:
         manifest: the cache manifest.
-        num_samples, num_classes: the run's dataset size and class count.
-        dataset: `dataset_record` of the run.
-        augmentation: `augmentation_record` of the run.
-        topk: K the run expects (None: any).
-        teacher: the fields of `teacher_record` the run can vouch for (None: the teacher is not checked). Only keys
-            present here are compared, so a training run that builds no model leaves out `weights_hash`.
+        expected: any of `IDENTITY_FIELDS` (or the aliases `teacher_id`, `dataset_fingerprint`, `k`); fields left out
+            are not checked. Records are compared leaf by leaf (`dataset.samples_hash`, `augmentation.seed`, ...),
+            except `teacher`, of which only the keys given are compared, each as a whole (`teacher.kwargs`): a run
+            that builds no teacher cannot vouch for its `weights_hash`. `augmentation` is compared with the record in
+            the manifest when it holds one; `augmentation_hash` is reported only when no part of the record was.
+    Raises:
+        ValueError: `expected` holds a key that is not an identity field.
     """
+    canonical = _canonical_expected(expected)
     mismatches: list[tuple[str, Any, Any]] = []
-    for field, wanted in (("num_samples", num_samples), ("num_classes", num_classes), ("topk", topk)):
-        if wanted is not None and manifest.get(field) != wanted:
-            mismatches.append((field, wanted, manifest.get(field)))
-    mismatches.extend(_differences("dataset", normalise_json_value(dict(dataset)), manifest.get("dataset") or {}))
-    augmentation = normalise_json_value(dict(augmentation))
-    if "augmentation" in manifest:
-        mismatches.extend(_differences("augmentation", augmentation, manifest["augmentation"]))
-    if not any(field.startswith("augmentation") for field, _, _ in mismatches):
-        wanted_hash = augmentation_hash(augmentation)
-        if manifest.get("augmentation_hash") != wanted_hash:
-            mismatches.append(("augmentation_hash", wanted_hash, manifest.get("augmentation_hash")))
-    if teacher is not None:
-        stored = manifest.get("teacher") or {}
-        for key, wanted in normalise_json_value(dict(teacher)).items():
-            if stored.get(key) != wanted:
-                mismatches.append((f"teacher.{key}", wanted, stored.get(key)))
+    for field in IDENTITY_FIELDS:
+        if field not in canonical:
+            continue
+        wanted, found = canonical[field], manifest.get(field)
+        if field == "teacher" and isinstance(wanted, Mapping):
+            stored = found if isinstance(found, Mapping) else {}
+            mismatches.extend((f"teacher.{key}", value, stored.get(key)) for key, value in wanted.items()
+                              if stored.get(key) != value)
+        elif field == "augmentation":
+            if found is not None:
+                mismatches.extend(_differences(field, wanted, found))
+        elif field == "augmentation_hash":
+            if wanted != found and not any(name.startswith("augmentation.") for name, _, _ in mismatches):
+                mismatches.append((field, wanted, found))
+        else:
+            mismatches.extend(_differences(field, wanted, found))
     return mismatches
 
 
@@ -150,10 +255,11 @@ def _shorten(value: Any, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def run_mismatch_error(mismatches: list[tuple[str, Any, Any]], cache_dir: str | os.PathLike, *, action: str
-                       ) -> CacheMismatchError:
+def mismatch_error(mismatches: list[tuple[str, Any, Any]], cache_dir: str | os.PathLike, *, action: str
+                   ) -> CacheMismatchError:
     """A `CacheMismatchError` listing each disagreeing field with both values and what the field means."""
-    lines = [f"logit cache {cache_dir} was built for different settings; cannot {action}:"]
+    lines = [f"logit cache {cache_dir} was built for different settings (recorded in its {MANIFEST_NAME}); "
+             f"cannot {action}:"]
     hints = []
     for field, wanted, found in mismatches:
         lines.append(f"  {field}: this run has {_shorten(wanted)}, the cache has {_shorten(found)}")
@@ -162,6 +268,6 @@ def run_mismatch_error(mismatches: list[tuple[str, Any, Any]], cache_dir: str | 
         if hint and hint not in hints:
             hints.append(hint)
     lines.extend(f"  ({hint})" for hint in hints)
-    lines.append("rebuild the cache for this recipe with `vitkd cache-logits RECIPE` into a new directory, or "
-                 "change the recipe back")
+    lines.append(f"rebuild the cache for this recipe with `vitkd cache-logits RECIPE` into a new directory, or "
+                 f"change the recipe back; {inspect_command(cache_dir)} shows what the cache holds")
     return CacheMismatchError("\n".join(lines), mismatches)

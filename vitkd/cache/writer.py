@@ -3,10 +3,10 @@
 Every rank (one process, or each torchrun rank) appends `(sample_id, record)` entries for the samples it sees to
 its own shard file. `finish_epoch` waits for all ranks, then rank 0 scatters the shards into one file indexed by
 sample id, checks that every sample id appears exactly once and that every CRC holds, renames the file into place
-and only then records the epoch as complete in the manifest. A crash at any point leaves only `*.partial` /
-`*.tmp` files, which readers never look at and the next run overwrites, so finished epochs are never lost and a
-half-written epoch is never visible. Single-process writing takes the same path with one shard, which is why the
-epoch file never depends on how many processes wrote it.
+(`vitkd.files.atomic_write`, durably) and only then records the epoch as complete in the manifest. A crash at any
+point leaves only `*.partial` / `*.tmp` files, which readers never look at and the next run removes, so finished
+epochs are never lost and a half-written epoch is never visible. Single-process writing takes the same path with
+one shard, which is why the epoch file never depends on how many processes wrote it.
 """
 
 from __future__ import annotations
@@ -20,16 +20,15 @@ import numpy as np
 import torch
 
 from vitkd.errors import CacheFormatError, CacheWriteError
-from vitkd.files import fsync_directory
+from vitkd.files import atomic_write
 from vitkd.cache.format import (
     build_manifest,
     epoch_file_name,
-    epoch_temp_name,
-    identity_mismatches,
+    epoch_temp_pattern,
+    hash_config,
     index_dtype_for,
     load_manifest,
     manifest_path,
-    mismatch_error,
     record_checksums,
     record_dtype,
     shard_entry_dtype,
@@ -38,6 +37,7 @@ from vitkd.cache.format import (
     utc_now,
     write_manifest_atomic,
 )
+from vitkd.cache.run_identity import expected_identity, identity_mismatches, mismatch_error
 
 MERGE_CHUNK_RECORDS = 1 << 20  # records handled per step while merging / verifying (bounded memory)
 PROBABILITY_TOLERANCE = 0.01  # slack for low-precision (bf16/fp16) softmax outputs
@@ -69,9 +69,10 @@ class SparseLogitWriter:
     Usage (every rank runs the same code; see `vitkd cache-logits`)::
 
         writer = SparseLogitWriter(cache_dir, num_samples=len(dataset), topk=10, num_classes=1000,
-                                   teacher_id=teacher_identity(name, teacher.state_dict()),
+                                   teacher_id=teacher_identity(teacher_config, teacher.state_dict()),
                                    dataset_fingerprint=dataset_fingerprint(samples),
-                                   augmentation_hash=hash_config(augmentation_recipe),
+                                   augmentation=augmentation_record,
+                                   augmentation_hash=hash_config(augmentation_record),
                                    rank=rank, world_size=world_size)
         for epoch in writer.missing_epochs(total_epochs):
             writer.begin_epoch(epoch)
@@ -87,19 +88,23 @@ class SparseLogitWriter:
         num_samples: dataset size; sample ids are 0 .. num_samples - 1.
         topk: K, the number of probabilities kept per sample.
         num_classes: C, the teacher's class count (indices are int16 when C <= 32767, else int32).
-        teacher_id: identity of the teacher, at least `{"name": ..., "weights_hash": ...}` (see `teacher_identity`).
+        teacher_id: identity of the teacher, at least `{"name": ..., "weights_hash": ...}` (see
+            `vitkd.cache.run_identity.teacher_identity`).
         dataset_fingerprint: identity of the ordered sample list (see `dataset_fingerprint`); if it has a
             `num_samples` entry it must equal `num_samples`.
         augmentation_hash: `hash_config` of the augmentation recipe whose seeded replay produced the inputs.
+        augmentation: that recipe itself (optional): stored in a new cache's manifest and, when the cache is
+            reopened, compared setting by setting, so a mismatch names e.g. `augmentation.seed`.
         rank, world_size: this process's place among the writers (0 and 1 for a single process).
         barrier: called to wait for all ranks; defaults to `torch.distributed.barrier` when world_size > 1 and
             torch.distributed is initialised. Constructing the writer and `finish_epoch` are collective calls.
-        extra_manifest: descriptive fields stored in a new cache's manifest (e.g. the augmentation recipe behind
-            `augmentation_hash`); not compared when an existing cache is reopened (the identity fields are).
+        extra_manifest: descriptive fields stored in a new cache's manifest (e.g. library versions); not compared
+            when an existing cache is reopened (the identity fields are).
 
     Raises:
         CacheMismatchError: `path` holds a cache built with different K, classes, samples, teacher, dataset or
-            augmentation; the message names each field with both values. Nothing is overwritten.
+            augmentation; the message names each differing setting with both values (see
+            `vitkd.cache.run_identity.identity_mismatches`). Nothing is overwritten.
     """
 
     def __init__(
@@ -112,13 +117,14 @@ class SparseLogitWriter:
         teacher_id: Mapping[str, Any],
         dataset_fingerprint: Mapping[str, Any],
         augmentation_hash: str,
+        augmentation: Mapping[str, Any] | None = None,
         rank: int = 0,
         world_size: int = 1,
         barrier: Callable[[], None] | None = None,
         extra_manifest: Mapping[str, Any] | None = None,
     ):
         self._check_arguments(num_samples, topk, num_classes, teacher_id, dataset_fingerprint, augmentation_hash,
-                              rank, world_size)
+                              augmentation, rank, world_size)
         self.path = Path(path)
         self.num_samples = int(num_samples)
         self.topk = int(topk)
@@ -133,14 +139,9 @@ class SparseLogitWriter:
         self._shard_stream = None
         self.records_written = 0  # by this rank in the current epoch
         self._extra_manifest = dict(extra_manifest or {})
-        self._identity = {
-            "num_samples": self.num_samples,
-            "topk": self.topk,
-            "num_classes": self.num_classes,
-            "teacher": dict(teacher_id),
-            "dataset": dict(dataset_fingerprint),
-            "augmentation_hash": str(augmentation_hash),
-        }
+        self._identity = expected_identity(
+            num_samples=self.num_samples, topk=self.topk, num_classes=self.num_classes, teacher=dict(teacher_id),
+            dataset=dict(dataset_fingerprint), augmentation=augmentation, augmentation_hash=str(augmentation_hash))
         self.path.mkdir(parents=True, exist_ok=True)
         existed = manifest_path(self.path).is_file()
         if existed:
@@ -157,7 +158,7 @@ class SparseLogitWriter:
 
     @staticmethod
     def _check_arguments(num_samples, topk, num_classes, teacher_id, dataset_fingerprint, augmentation_hash,
-                         rank, world_size) -> None:
+                         augmentation, rank, world_size) -> None:
         for name, value in (("num_samples", num_samples), ("topk", topk), ("num_classes", num_classes),
                             ("world_size", world_size)):
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
@@ -182,6 +183,9 @@ class SparseLogitWriter:
         if not isinstance(augmentation_hash, str) or not augmentation_hash:
             raise ValueError(f"augmentation_hash must be a non-empty string (see hash_config), got "
                              f"{augmentation_hash!r}")
+        if augmentation is not None and hash_config(augmentation) != augmentation_hash:
+            raise ValueError(f"augmentation_hash {augmentation_hash!r} is not the hash of augmentation "
+                             f"({hash_config(augmentation)!r})")
 
     def _resolve_barrier(self, barrier: Callable[[], None] | None) -> Callable[[], None] | None:
         if self.world_size == 1:
@@ -208,7 +212,7 @@ class SparseLogitWriter:
         manifest = load_manifest(self.path)
         mismatches = identity_mismatches(manifest, self._identity)
         if mismatches:
-            raise mismatch_error(mismatches, manifest_path(self.path), action="write to it")
+            raise mismatch_error(mismatches, self.path, action="write to it")
 
     def _create_manifest(self) -> None:
         stray = sorted(self.path.glob("epoch_*.bin"))
@@ -217,6 +221,8 @@ class SparseLogitWriter:
                 f"{self.path} holds epoch files ({stray[0].name}, ...) but no manifest.json; refusing to overwrite "
                 "them. Use an empty directory or restore the manifest."
             )
+        record = {"augmentation": self._identity["augmentation"]} if "augmentation" in self._identity else {}
+        extra = {**self._extra_manifest, **record}  # the record compared on reopening is the one stored
         manifest = build_manifest(
             num_samples=self.num_samples,
             topk=self.topk,
@@ -224,7 +230,7 @@ class SparseLogitWriter:
             teacher=self._identity["teacher"],
             dataset=self._identity["dataset"],
             augmentation_hash=self._identity["augmentation_hash"],
-            extra=self._extra_manifest,
+            extra=extra,
         )
         write_manifest_atomic(self.path, manifest)
 
@@ -437,8 +443,6 @@ class SparseLogitWriter:
         epoch = self._epoch
         self._close_shard()
         self._shard_path(epoch, self.rank).unlink(missing_ok=True)
-        if self.rank == 0:
-            (self.path / epoch_temp_name(epoch)).unlink(missing_ok=True)
         self._epoch = None
 
     def close(self) -> None:
@@ -467,7 +471,8 @@ class SparseLogitWriter:
 
     def _remove_stale_files(self, epoch: int) -> None:
         """Delete leftovers of an interrupted run of `epoch` that this run will not overwrite itself."""
-        (self.path / epoch_temp_name(epoch)).unlink(missing_ok=True)
+        for stale in self.path.glob(epoch_temp_pattern(epoch)):  # a merge killed before its rename
+            stale.unlink(missing_ok=True)
         current = {shard_file_name(epoch, rank, self.world_size) for rank in range(self.world_size)}
         for stale in self.path.glob(f"epoch_{epoch:04d}.rank*-of-*.partial"):
             if stale.name not in current:  # shards of another world size; ours are truncated by their owners
@@ -475,12 +480,15 @@ class SparseLogitWriter:
 
     def _merge_and_publish(self, epoch: int, allow_missing: int) -> None:
         shard_paths = [self._shard_path(epoch, rank) for rank in range(self.world_size)]
-        temp_path = self.path / epoch_temp_name(epoch)
+        skipped = 0
+
+        def merge(temp_path: str) -> None:
+            nonlocal skipped
+            skipped = self._merge_shards(epoch, shard_paths, Path(temp_path), allow_missing)
+
         try:
-            skipped = self._merge_shards(epoch, shard_paths, temp_path, allow_missing)
-            final_path = self.path / epoch_file_name(epoch)
-            os.replace(temp_path, final_path)
-            fsync_directory(self.path)
+            # merged into a temporary file, flushed to disk, renamed into place and the rename made durable
+            atomic_write(self.path / epoch_file_name(epoch), merge, durable=True)
             manifest = load_manifest(self.path)
             manifest["completed_epochs"] = sorted(set(manifest["completed_epochs"]) | {epoch})
             skipped_counts = {key: value for key, value in manifest.get("skipped_samples", {}).items()
@@ -491,7 +499,6 @@ class SparseLogitWriter:
             manifest["updated_time"] = utc_now()
             write_manifest_atomic(self.path, manifest)
         finally:
-            temp_path.unlink(missing_ok=True)
             for shard_path in shard_paths:
                 shard_path.unlink(missing_ok=True)
 
@@ -556,8 +563,6 @@ class SparseLogitWriter:
                 raise CacheWriteError(f"epoch {epoch}: records of sample ids {_shown(ids[bad])} fail their CRC32 "
                                       "after merging; a shard file was corrupted on disk")
             skipped += int(skipped_mask(chunk).sum())
-        merged.flush()
+        merged.flush()  # atomic_write fsyncs the file before renaming it
         del merged
-        with open(temp_path, "rb+") as stream:
-            os.fsync(stream.fileno())
         return skipped

@@ -25,8 +25,7 @@ def autocast(device: torch.device, dtype: Optional[torch.dtype]) -> ContextManag
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def build_grad_scaler(device: torch.device, dtype: Optional[torch.dtype]) -> Optional[torch.amp.GradScaler]:
-    """Only fp16 needs loss scaling."""
-    if dtype is torch.float16:
-        return torch.amp.GradScaler(device.type)
-    return None
+def build_grad_scaler(device: torch.device, dtype: Optional[torch.dtype]) -> torch.amp.GradScaler:
+    """Only fp16 needs loss scaling; for every other dtype the scaler is disabled and its calls are pass-throughs
+    (`scale(loss)` is `loss`, `step` is `optimizer.step()`), so training has one backward/step path."""
+    return torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)

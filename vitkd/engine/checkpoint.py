@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from vitkd import __version__
+from vitkd.errors import ConfigError
 from vitkd.files import atomic_write
 from vitkd.models.factory import EXPORT_INFO, EXPORT_WEIGHTS
 
@@ -47,3 +48,22 @@ def export_student(model: nn.Module, out_dir: Path, model_name: str, model_kwarg
     info = {"model": model_name, "kwargs": model_kwargs, "vitkd_version": __version__, **(extra_info or {})}
     atomic_write(out_dir / EXPORT_INFO, json.dumps(info, indent=2))
     return weights_path
+
+
+def last_checkpoint_path(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints" / "last.pt"
+
+
+def best_checkpoint_path(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints" / "best.pt"
+
+
+def check_run_directory(run_dir: Path, resume: bool) -> None:
+    """Refuse to start over a run that holds a checkpoint (finished work is never overwritten), and to resume one
+    that holds none. Raises `ConfigError`."""
+    last = last_checkpoint_path(run_dir)
+    if not resume and last.exists():
+        raise ConfigError(f"run directory {run_dir} already holds a checkpoint; pass --resume to continue it, "
+                          f"or choose another name (name=...) so finished work is not overwritten")
+    if resume and not last.exists():
+        raise ConfigError(f"--resume: no checkpoint at {last} to resume from")

@@ -77,51 +77,13 @@ def reduce_sums(values: dict[str, float], context: DistributedContext) -> dict[s
 
 
 def wrap_for_training(module: torch.nn.Module, context: DistributedContext) -> torch.nn.Module:
-    """DistributedDataParallel when several processes train, else the module itself."""
+    """DistributedDataParallel when several processes train, else the module itself.
+
+    Wrap the task's whole trainable module (the student and the objective's projections together): DDP then
+    broadcasts rank 0's initial weights of all of them and averages all their gradients in its buckets."""
     if not context.enabled:
         return module
     from torch.nn.parallel import DistributedDataParallel
 
     device_ids = [context.device.index] if context.device.type == "cuda" else None
     return DistributedDataParallel(module, device_ids=device_ids)
-
-
-def broadcast_parameters(module: torch.nn.Module, context: DistributedContext, source: int = 0) -> None:
-    """Copy rank `source`'s parameters and buffers of `module` to every process (no-op in a single process).
-
-    For trainable modules that live outside DistributedDataParallel (the objective's projections, mask token,
-    generation block): DDP broadcasts the student itself when it wraps it, nothing does this for them.
-    """
-    if not (context.enabled and dist.is_initialized()):
-        return
-    with torch.no_grad():
-        for tensor in list(module.parameters()) + list(module.buffers()):
-            dist.broadcast(tensor.data, src=source)
-
-
-def average_gradients(module: torch.nn.Module, context: DistributedContext) -> None:
-    """Average the gradients of `module`'s trainable parameters over processes: sum, then divide by world size.
-
-    Call it right after `backward()` (before gradient unscaling and clipping) for trainable modules outside
-    DistributedDataParallel, so every process applies the same update and their copies stay identical. All
-    gradients travel in one flat buffer (one collective per step). A parameter without a gradient on this process
-    counts as a zero gradient, so processes never disagree on what they reduce. No-op in a single process.
-    """
-    if not (context.enabled and dist.is_initialized()):
-        return
-    params = [p for p in module.parameters() if p.requires_grad]
-    if not params:
-        return
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    flat /= context.world_size
-    offset = 0
-    for param in params:
-        count = param.numel()
-        averaged = flat[offset:offset + count].view_as(param)
-        if param.grad is None:
-            param.grad = averaged.clone()
-        else:
-            param.grad.copy_(averaged)
-        offset += count

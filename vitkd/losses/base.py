@@ -18,6 +18,19 @@ from vitkd.losses.inputs import StudentOutputs, TeacherOutputs, Targets
 
 
 @dataclass(frozen=True)
+class TapRequest:
+    """What one model's single forward must expose besides its logits: raw block outputs (`layers`), block outputs
+    after the final norm (`normed_layers`) and outputs of named modules (`hooks`, forward hooks)."""
+
+    layers: tuple[int, ...] = ()
+    normed_layers: tuple[int, ...] = ()
+    hooks: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.layers or self.normed_layers or self.hooks)
+
+
+@dataclass(frozen=True)
 class LossNeeds:
     """What a loss term reads from the one student forward and the one teacher forward of a step.
 
@@ -34,6 +47,14 @@ class LossNeeds:
     teacher_normed_layers: tuple[int, ...] = ()
     student_hooks: tuple[str, ...] = ()
     teacher_hooks: tuple[str, ...] = ()
+
+    @property
+    def student_taps(self) -> TapRequest:
+        return TapRequest(self.student_layers, self.student_normed_layers, self.student_hooks)
+
+    @property
+    def teacher_taps(self) -> TapRequest:
+        return TapRequest(self.teacher_layers, self.teacher_normed_layers, self.teacher_hooks)
 
     @property
     def live_teacher_tokens(self) -> bool:
@@ -93,6 +114,8 @@ class LossTerm(nn.Module):
     """
 
     needs: LossNeeds = LossNeeds()
+    #: True for the ground-truth term, whose default weight is what the convex distillation terms leave over.
+    is_ground_truth: bool = False
     #: True for distillation terms that DeiT mixes convexly with the ground-truth loss (weights alpha, 1 - alpha).
     convex_with_ground_truth: bool = False
 

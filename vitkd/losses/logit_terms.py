@@ -22,6 +22,8 @@ class GroundTruthTerm(LossTerm):
     labels with label smoothing `data.label_smoothing`. Mean over the batch.
     """
 
+    is_ground_truth = True
+
     def __init__(self, context: TermContext) -> None:
         super().__init__()
         self.label_smoothing = context.label_smoothing

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 __all__ = ["ManifoldLoss"]
@@ -82,11 +83,12 @@ class ManifoldLoss(nn.Module):
             s = F.normalize(s.float(), dim=-1)  # (B, N, Ds)
             t = F.normalize(t.detach().float(), dim=-1)  # (B, N, Dt)
             intra = intra + _relation_error(s, s, t, t)  # B maps of N x N
-            s_by_patch, t_by_patch = s.transpose(0, 1), t.transpose(0, 1)  # (N, B, D)
+            s_by_patch = rearrange(s, "b n d -> n b d")  # (N, B, Ds)
+            t_by_patch = rearrange(t, "b n d -> n b d")  # (N, B, Dt)
             if gather:
                 sizes = _batch_sizes(s.shape[0], s.device)
-                s_all = _GatherBatch.apply(s, sizes).transpose(0, 1)  # (N, B_global, Ds)
-                t_all = _GatherBatch.apply(t, sizes).transpose(0, 1)  # (N, B_global, Dt)
+                s_all = rearrange(_GatherBatch.apply(s, sizes), "b n d -> n b d")  # (N, B_global, Ds)
+                t_all = rearrange(_GatherBatch.apply(t, sizes), "b n d -> n b d")  # (N, B_global, Dt)
                 inter = inter + _relation_error(s_by_patch, s_all, t_by_patch, t_all)  # N maps of B x B_global
             else:
                 inter = inter + _relation_error(s_by_patch, s_by_patch, t_by_patch, t_by_patch)  # N maps of B x B
@@ -94,8 +96,8 @@ class ManifoldLoss(nn.Module):
             indices = torch.randperm(B * N, generator=self.generator)[:self.k]  # (K,)
             self.last_random_indices.append(indices)
             indices = indices.to(s.device)
-            s_rand = s.reshape(B * N, -1)[indices]  # (K, Ds)
-            t_rand = t.reshape(B * N, -1)[indices]  # (K, Dt)
+            s_rand = rearrange(s, "b n d -> (b n) d")[indices]  # (K, Ds)
+            t_rand = rearrange(t, "b n d -> (b n) d")[indices]  # (K, Dt)
             rand = rand + _relation_error(s_rand, s_rand, t_rand, t_rand)  # one K x K map
         num_pairs = len(student_feats)
         intra = self.w_intra * intra / num_pairs

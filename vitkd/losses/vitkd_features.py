@@ -14,6 +14,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+from einops import rearrange
 from torch import nn
 
 __all__ = ["ViTKDLoss"]
@@ -146,8 +147,8 @@ class ViTKDLoss(nn.Module):
         x = self.generation_projection(s_deep)  # (B, N, Dt)
         mask = self.sample_mask(B, N, x.device)  # (B, N)
         x = torch.where(mask.unsqueeze(-1), self.mask_token.to(x.dtype), x)  # masked slots -> mask token
-        x = x.transpose(1, 2).reshape(B, self.teacher_dim, H, W)  # (B, Dt, H, W)
-        generated = self.generation_block(x).flatten(2).transpose(1, 2)  # (B, N, Dt)
+        x = rearrange(x, "b (h w) d -> b d h w", h=H, w=W)  # (B, Dt, H, W)
+        generated = rearrange(self.generation_block(x), "b d h w -> b (h w) d")  # (B, N, Dt)
         error = (generated.float() - t_deep.float()).pow(2).sum(dim=-1)  # (B, N)
         masked_error = (error * mask).sum()
         if self.reduction == "sum_per_batch":

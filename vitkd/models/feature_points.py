@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from einops import rearrange
 from torch import nn
 
 from vitkd.models.layer_mapping import resolve_layer_indices
@@ -151,9 +152,9 @@ def patch_tokens(output: Any, grid_size: tuple[int, int] | None, num_prefix_toke
         raise ValueError(f"{where} returned {type(output).__name__}, not a tensor; hook a module that returns a "
                          f"(B, N, D) or (B, C, H, W) tensor")
     if output.dim() == 4 and channels_last:  # (B, H, W, C) feature map -> (B, H * W, C) tokens
-        return output.flatten(1, 2), (int(output.shape[1]), int(output.shape[2]))
+        return rearrange(output, "b h w c -> b (h w) c"), (int(output.shape[1]), int(output.shape[2]))
     if output.dim() == 4:  # (B, C, H, W) feature map -> (B, H * W, C) tokens
-        return output.flatten(2).transpose(1, 2), (int(output.shape[2]), int(output.shape[3]))
+        return rearrange(output, "b c h w -> b (h w) c"), (int(output.shape[2]), int(output.shape[3]))
     if output.dim() != 3:
         raise ValueError(f"{where} returned a tensor of shape {tuple(output.shape)}; expected (B, N, D) tokens or a "
                          f"(B, C, H, W) feature map")

@@ -1,0 +1,1 @@
+"""Image classification with distillation: loss terms from `vitkd.losses`, teachers live or cached."""

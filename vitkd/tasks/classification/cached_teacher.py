@@ -11,7 +11,6 @@ batch's, rebuilds the dense soft labels and hands them to the loss terms as log-
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -19,8 +18,7 @@ import torch
 from vitkd.errors import CacheMismatchError
 from vitkd.cache.format import default_topk
 from vitkd.cache.reader import SparseLogitReader, open_cache
-from vitkd.cache.run_identity import (augmentation_record, checkpoint_hash, dataset_record, recorded_with,
-                                     run_mismatch_error, run_mismatches)
+from vitkd.cache.run_identity import recipe_identity, recorded_with
 from vitkd.cache.soft_labels import cached_argmax, rebuild_soft_labels
 from vitkd.config import Recipe
 from vitkd.data.loader import Batch
@@ -81,26 +79,6 @@ class CachedTeacher:
             [("seed", int(current[i]), int(cached[i])) for i in bad])
 
 
-def expected_teacher_fields(recipe: Recipe) -> Optional[dict[str, Any]]:
-    """The `teacher` manifest fields a cached run can check without building the teacher: name, kwargs, input
-    normalisation and, when the named checkpoint file is here, its content hash. None when the recipe names no
-    teacher."""
-    teacher = recipe.teacher
-    if teacher is None or not teacher.name:
-        return None
-    fields: dict[str, Any] = {"name": teacher.name, "kwargs": dict(teacher.kwargs),
-                              "mean": list(teacher.mean) if teacher.mean is not None else None,
-                              "std": list(teacher.std) if teacher.std is not None else None}
-    if teacher.checkpoint and Path(teacher.checkpoint).exists():
-        fields["checkpoint_hash"] = checkpoint_hash(teacher.checkpoint)
-    elif teacher.checkpoint:
-        warnings.warn(f"teacher.checkpoint {teacher.checkpoint} is not here, so the cache's teacher weights are not "
-                      f"checked against it (name and kwargs are)", stacklevel=2)
-    else:
-        fields["checkpoint_hash"] = None
-    return fields
-
-
 def open_cached_teacher(recipe: Recipe, dataset: Any, num_classes: int, mixup: Optional[SeededMixup],
                         world_size: int, device: torch.device) -> CachedTeacher:
     """Open `teacher.cache` for a training run and check it against the recipe before the first step.
@@ -120,14 +98,9 @@ def open_cached_teacher(recipe: Recipe, dataset: Any, num_classes: int, mixup: O
     """
     teacher = recipe.teacher
     reader = open_cache(teacher.cache)
-    data = recipe.data
-    mismatches = run_mismatches(
-        reader.manifest, num_samples=len(dataset), num_classes=num_classes, dataset=dataset_record(dataset, data),
-        augmentation=augmentation_record(data, recipe.train.seed, mixup, data.batch_size, world_size),
-        topk=teacher.cache_topk if teacher.cache_topk is not None else default_topk(num_classes),
-        teacher=expected_teacher_fields(recipe))
-    if mismatches:
-        raise run_mismatch_error(mismatches, reader.path, action="train from it")
+    topk = teacher.cache_topk if teacher.cache_topk is not None else default_topk(num_classes)
+    # the teacher is checked by name, kwargs, normalisation and checkpoint hash: no model is built to hash
+    reader.check_compatible(recipe_identity(recipe, dataset, num_classes, mixup, world_size, topk=topk))
     reader.require_epochs(recipe.train.epochs, teacher.cache_epochs_policy)
     _warn_on_other_library_versions(reader)
     return CachedTeacher(reader, num_classes, device)

@@ -1,65 +1,69 @@
-"""One forward per model per step serving every loss term: head outputs plus the tokens of requested layers."""
+"""One forward per model per step serving every loss term: head outputs plus the tapped tokens the terms asked for.
+
+Student and teacher share one path (`forward_tapped`): plain forward when nothing is tapped, else the tapped
+forward followed by the model's own head; a DeiT student in distilled training returns its two heads.
+"""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional
 
 import torch
 from torch import nn
 
+from vitkd.losses.base import TapRequest
 from vitkd.losses.inputs import StudentOutputs, TeacherOutputs
+from vitkd.models.taps import TappedOutput, extract_features
+from vitkd.models.teacher import FrozenTeacher
 
 
-def _split_heads(output) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _split_heads(output) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """A DeiT student in distilled training returns (cls_logits, dist_logits); everything else returns logits."""
     if isinstance(output, (tuple, list)):
         return output[0], output[1]
     return output, None
 
 
+def forward_tapped(model: nn.Module, images: torch.Tensor, taps: TapRequest
+                   ) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[TappedOutput]]:
+    """images (B, 3, H, W) -> (logits (B, C), dist_logits (B, C) or None, the tapped features or None)."""
+    if not taps:
+        logits, dist_logits = _split_heads(model(images))
+        return logits, dist_logits, None
+    tapped = extract_features(model, images, list(taps.layers), normed_layers=list(taps.normed_layers),
+                              hooks=list(taps.hooks))
+    logits, dist_logits = _split_heads(model.forward_head(tapped.final))
+    return logits, dist_logits, tapped
+
+
+def _tapped_fields(tapped: Optional[TappedOutput]) -> dict:
+    if tapped is None:
+        return {}
+    return dict(tokens=tapped.tokens, normed_tokens=tapped.normed_tokens, hooked=tapped.hooked,
+                num_prefix_tokens=tapped.num_prefix_tokens, grid_size=tapped.grid_size)
+
+
 class TappedStudent(nn.Module):
-    """Wraps the student so a single `forward` (the one DistributedDataParallel sees) returns `StudentOutputs`.
+    """Wraps the student so a single `forward` returns `StudentOutputs`.
 
     images (B, 3, H, W) -> logits (B, C), dist_logits (B, C) or None, tokens {layer: (B, P + N, D)}, normed_tokens
-    {layer: (B, P + N, D)} and hooked {module name: output} for the requested layers and modules.
+    {layer: (B, P + N, D)} and hooked {module name: output} for the layers and modules `taps` requests.
     """
 
-    def __init__(self, model: nn.Module, layers: Sequence[int] = (), normed_layers: Sequence[int] = (),
-                 hooks: Sequence[str] = ()) -> None:
+    def __init__(self, model: nn.Module, taps: TapRequest = TapRequest()) -> None:
         super().__init__()
         self.model = model
-        self.layers = tuple(layers)
-        self.normed_layers = tuple(normed_layers)
-        self.hooks = tuple(hooks)
+        self.taps = taps
 
     def forward(self, images: torch.Tensor) -> StudentOutputs:
-        if not (self.layers or self.normed_layers or self.hooks):
-            logits, dist_logits = _split_heads(self.model(images))
-            return StudentOutputs(logits=logits, dist_logits=dist_logits)
-        from vitkd.models.taps import extract_features
-
-        tapped = extract_features(self.model, images, list(self.layers), normed_layers=list(self.normed_layers),
-                                  hooks=list(self.hooks))
-        logits, dist_logits = _split_heads(self.model.forward_head(tapped.final))
-        return StudentOutputs(logits=logits, dist_logits=dist_logits, tokens=tapped.tokens,
-                              normed_tokens=tapped.normed_tokens, hooked=tapped.hooked,
-                              num_prefix_tokens=tapped.num_prefix_tokens, grid_size=tapped.grid_size)
+        logits, dist_logits, tapped = forward_tapped(self.model, images, self.taps)
+        return StudentOutputs(logits=logits, dist_logits=dist_logits, **_tapped_fields(tapped))
 
 
 @torch.no_grad()
-def forward_teacher(teacher: nn.Module, images: torch.Tensor, layers: Sequence[int] = (),
-                    normed_layers: Sequence[int] = (), hooks: Sequence[str] = ()) -> TeacherOutputs:
-    """Frozen teacher (a `FrozenTeacher`) forward: logits (B, C) and the tokens of `layers` (raw), `normed_layers`
-    (after the final norm) and the outputs of the modules named in `hooks`, all from one forward."""
-    if not (layers or normed_layers or hooks):
-        return TeacherOutputs(logits=teacher(images))
-    from vitkd.models.taps import extract_features
-
+def forward_teacher(teacher: FrozenTeacher, images: torch.Tensor, taps: TapRequest = TapRequest()) -> TeacherOutputs:
+    """Frozen teacher forward on student-normalised images (B, 3, H, W): logits (B, C) and the tokens and module
+    outputs `taps` requests, all from one forward."""
     teacher.model.eval()
-    inner = teacher.model
-    tapped = extract_features(inner, teacher.prepare_input(images), list(layers), normed_layers=list(normed_layers),
-                              hooks=list(hooks))
-    logits, _ = _split_heads(inner.forward_head(tapped.final))
-    return TeacherOutputs(logits=logits, tokens=tapped.tokens, normed_tokens=tapped.normed_tokens,
-                          hooked=tapped.hooked, num_prefix_tokens=tapped.num_prefix_tokens,
-                          grid_size=tapped.grid_size)
+    logits, _, tapped = forward_tapped(teacher.model, teacher.prepare_input(images), taps)
+    return TeacherOutputs(logits=logits, **_tapped_fields(tapped))

@@ -7,11 +7,12 @@ except for a cache whose policy `cycle` reuses cached epochs (and so their image
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import torch
 
 from vitkd.data.loader import Batch
+from vitkd.losses.base import TapRequest
 from vitkd.losses.inputs import TeacherOutputs
 from vitkd.tasks.classification.runners import forward_teacher
 from vitkd.models.teacher import FrozenTeacher
@@ -35,24 +36,17 @@ class NoTeacher:
 
 class OnlineTeacher:
     """Runs the frozen teacher on the same (augmented, mixed) images the student sees: one forward per step that
-    returns its logits and the tokens of `layers` (raw), `normed_layers` (after the final norm) and `hooks`."""
+    returns its logits and the tokens and module outputs `taps` requests (the union of the loss terms' needs)."""
 
-    def __init__(self, teacher: FrozenTeacher, layers: Sequence[int] = (), normed_layers: Sequence[int] = (),
-                 hooks: Sequence[str] = ()) -> None:
+    def __init__(self, teacher: FrozenTeacher, taps: TapRequest = TapRequest()) -> None:
         self.teacher = teacher
-        self.layers = tuple(layers)
-        self.normed_layers = tuple(normed_layers)
-        self.hooks = tuple(hooks)
+        self.taps = taps
 
     def __call__(self, images: torch.Tensor, batch: Batch, epoch: int) -> TeacherOutputs:
-        return forward_teacher(self.teacher, images, self.layers, self.normed_layers, self.hooks)
+        return forward_teacher(self.teacher, images, self.taps)
 
     def data_epoch(self, epoch: int) -> int:
         return epoch
 
 
-def needs_teacher(teacher_logits: bool, teacher_layers: Sequence[int]) -> bool:
-    return teacher_logits or bool(teacher_layers)
-
-
-__all__ = ["NoTeacher", "OnlineTeacher", "TeacherSource", "needs_teacher"]
+__all__ = ["NoTeacher", "OnlineTeacher", "TeacherSource"]
