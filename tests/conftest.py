@@ -50,3 +50,23 @@ def cache_identity_dict(num_samples: int, topk: int, num_classes: int) -> dict:
 def cache_identity():
     """`cache_identity(num_samples, topk, num_classes)`: the writer keywords of a toy logit cache."""
     return cache_identity_dict
+
+
+@pytest.fixture
+def interrupt_training(monkeypatch):
+    """`disarm = interrupt_training(epoch, error=KeyboardInterrupt)`: the engine raises `error` when training epoch
+    `epoch` (0-based) starts, as a killed run would stop there; `disarm()` restores the real loop for the resume."""
+    from vitkd.engine.trainer import Trainer
+
+    original = Trainer.train_one_epoch
+
+    def arm(epoch: int, error: type[BaseException] = KeyboardInterrupt):
+        def stop_at_epoch(self, current):
+            if current == epoch:
+                raise error()
+            return original(self, current)
+
+        monkeypatch.setattr(Trainer, "train_one_epoch", stop_at_epoch)
+        return lambda: monkeypatch.setattr(Trainer, "train_one_epoch", original)
+
+    return arm

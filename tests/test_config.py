@@ -26,38 +26,25 @@ def test_valid_recipe_resolves_deit_paper_weights(tiny_recipe):
     assert recipe.losses[1].params == {"mode": "soft"}
 
 
-def test_unknown_key_names_path_and_valid_keys(tiny_recipe):
+def _set(section, key, value):
+    return lambda raw: raw[section].__setitem__(key, value)
+
+
+@pytest.mark.parametrize("change, message", [
+    (_set("data", "batchsize", 3), r"data\.batchsize: unknown key \(did you mean 'batch_size'\?\); valid keys:"),
+    (_set("data", "batch_size", "many"), r"data\.batch_size: expected an integer, got str 'many'"),
+    (lambda raw: raw["student"].pop("name"), r"student\.name is required"),
+    (_set("student", "name", "deit_tiny_patch16_22"),
+     r"student\.name: unknown model 'deit_tiny_patch16_22'.*deit_tiny_patch16_224"),
+    (_set("data", "on_corrupt", "ignore"),
+     r"data\.on_corrupt: 'ignore' is not a valid choice; valid choices: 'fail', 'skip'"),
+    (_set("train", "log_every", 0), r"train\.log_every must be a positive number of steps, got 0"),
+    (lambda raw: raw.__setitem__("task", "detect"), r"task: unknown task 'detect'; valid tasks: classification"),
+], ids=["unknown key", "wrong type", "missing value", "unknown model", "invalid choice", "log_every", "unknown task"])
+def test_bad_recipe_values_name_the_key_and_what_is_valid(tiny_recipe, change, message):
     raw = tiny_recipe()
-    raw["data"]["batchsize"] = 3
-    with pytest.raises(ConfigError, match=r"data\.batchsize: unknown key \(did you mean 'batch_size'\?\); valid keys:"):
-        load_recipe(raw=raw)
-
-
-def test_wrong_type(tiny_recipe):
-    raw = tiny_recipe()
-    raw["data"]["batch_size"] = "many"
-    with pytest.raises(ConfigError, match=r"data\.batch_size: expected an integer, got str 'many'"):
-        load_recipe(raw=raw)
-
-
-def test_missing_required_value(tiny_recipe):
-    raw = tiny_recipe()
-    del raw["student"]["name"]
-    with pytest.raises(ConfigError, match=r"student\.name is required"):
-        load_recipe(raw=raw)
-
-
-def test_unknown_model_name_suggests_close_names(tiny_recipe):
-    raw = tiny_recipe()
-    raw["student"]["name"] = "deit_tiny_patch16_22"
-    with pytest.raises(ConfigError, match=r"student\.name: unknown model 'deit_tiny_patch16_22'.*deit_tiny_patch16_224"):
-        load_recipe(raw=raw)
-
-
-def test_invalid_choice_lists_valid_choices(tiny_recipe):
-    raw = tiny_recipe()
-    raw["data"]["on_corrupt"] = "ignore"
-    with pytest.raises(ConfigError, match=r"data\.on_corrupt: 'ignore' is not a valid choice; valid choices: 'fail', 'skip'"):
+    change(raw)
+    with pytest.raises(ConfigError, match=message):
         load_recipe(raw=raw)
 
 

@@ -84,7 +84,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     std = tuple(info.get("std", (0.229, 0.224, 0.225)))
     loader = build_eval_loader(args.dataset, args.root, img_size, args.batch_size, mean, std, split=args.split,
                                crop_pct=info.get("crop_pct", 0.875))
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, option="--device")
     metrics = evaluate(model.to(device), loader, device, progress=True)
     print(json.dumps(metrics, indent=2))
     return 0

@@ -85,7 +85,9 @@ def train_or_reuse(recipe: Recipe, builds_cache: bool = False) -> dict[str, Any]
             print(f"[demo] reusing finished run {run_dir}")
             return summary
     if builds_cache:
-        print(f"[demo] caching the teacher's top-{recipe.teacher.cache_topk} logits in {recipe.teacher.cache}")
+        topk = recipe.teacher.cache_topk
+        print(f"[demo] caching the teacher's {f'top-{topk}' if topk else 'top-K (default K)'} logits in "
+              f"{recipe.teacher.cache}")
         build_logit_cache(recipe, progress=recipe.train.progress)
     if (run_dir / "checkpoints" / "last.pt").is_file():
         if not same_recipe:

@@ -1,12 +1,15 @@
-"""Two gloo processes: the one DDP module (student + the objective's projections) keeps every copy identical."""
+"""Two gloo processes: the one DDP module (student + the objective's projections) keeps every copy identical; device
+choice errors."""
 
 import os
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from vitkd.engine.distributed import DistributedContext
+from vitkd.engine.distributed import DistributedContext, resolve_device
+from vitkd.errors import ConfigError
 
 WORLD_SIZE = 2
 
@@ -40,3 +43,12 @@ def test_student_and_feature_term_projections_stay_identical_across_processes(ti
     assert any(key.startswith("student.") for key in a)
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_device_choice_errors_name_the_option():
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ConfigError, match=r"--device=gpu0 is not a device; use auto, cpu, cuda or cuda:N"):
+        resolve_device("gpu0", option="--device")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match=r"train\.device=cuda but CUDA is not available here"):
+            resolve_device("cuda")

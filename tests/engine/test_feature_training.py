@@ -8,7 +8,6 @@ from safetensors.torch import load_file
 
 from vitkd.config import load_recipe
 from vitkd.engine.checkpoint import load_checkpoint
-from vitkd.engine.trainer import Trainer
 from vitkd.training import build_trainer
 
 TEACHER = {"name": "vit_small_patch16_224",  # patch 2: an 8x8 token grid against the student's 4x4
@@ -52,7 +51,7 @@ def test_vitkd_manifold_and_kd_train_together_and_only_the_student_is_exported(t
     assert any(k.startswith("terms.2.loss.mimic_projections") for k in checkpoint["task"]["objective"])
 
 
-def test_resume_replays_the_feature_terms_exactly(tiny_recipe, monkeypatch):
+def test_resume_replays_the_feature_terms_exactly(tiny_recipe, interrupt_training):
     losses = [{"name": "ce"}, {"name": "vitkd", "reduction": "mean", "alpha": 1.0, "beta": 1.0},
               {"name": "manifold", "student_layers": [0, 1], "k": 8}]
     teacher = {"name": TEACHER["name"], "kwargs": dict(TEACHER["kwargs"], patch_size=4)}
@@ -60,17 +59,10 @@ def test_resume_replays_the_feature_terms_exactly(tiny_recipe, monkeypatch):
     build_trainer(straight).fit()
 
     interrupted = short_run(tiny_recipe, "interrupted", epochs=2, steps=1, teacher=teacher, losses=losses)
-    original = Trainer.train_one_epoch
-
-    def stop_at_second_epoch(self, epoch):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return original(self, epoch)
-
-    monkeypatch.setattr(Trainer, "train_one_epoch", stop_at_second_epoch)
+    disarm = interrupt_training(1)
     with pytest.raises(KeyboardInterrupt):
         build_trainer(interrupted).fit()
-    monkeypatch.setattr(Trainer, "train_one_epoch", original)
+    disarm()
     build_trainer(interrupted, resume=True).fit()
 
     a = load_checkpoint(straight.run_dir / "checkpoints" / "last.pt")

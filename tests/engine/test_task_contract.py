@@ -86,21 +86,12 @@ def test_a_new_task_trains_through_the_engine_with_a_lower_is_better_key_metric(
     assert best["epoch"] == summary["best_epoch"] and torch.equal(exported["weight"], best["model"]["weight"])
 
 
-def test_a_new_task_resumes_exactly(regression_recipe, monkeypatch):
+def test_a_new_task_resumes_exactly(regression_recipe, interrupt_training):
     straight = train(regression_recipe("straight"))
-    from vitkd.engine.trainer import Trainer
-
-    original = Trainer.train_one_epoch
-
-    def stop_at_third(self, epoch):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return original(self, epoch)
-
-    monkeypatch.setattr(Trainer, "train_one_epoch", stop_at_third)
+    disarm = interrupt_training(2)
     with pytest.raises(KeyboardInterrupt):
         train(regression_recipe("resumed"))
-    monkeypatch.setattr(Trainer, "train_one_epoch", original)
+    disarm()
     resumed = train(regression_recipe("resumed"), resume=True)
     assert resumed["best_mse"] == straight["best_mse"]
     a = load_checkpoint(regression_recipe("straight").run_dir / "checkpoints" / "last.pt")

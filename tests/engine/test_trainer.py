@@ -8,7 +8,6 @@ import torch
 from vitkd.config import load_recipe
 from vitkd.errors import ConfigError
 from vitkd.engine.checkpoint import load_checkpoint
-from vitkd.engine.trainer import Trainer
 from vitkd.training import build_trainer, train
 
 
@@ -31,7 +30,7 @@ class _Interrupt(Exception):
     pass
 
 
-def test_resume_after_interruption_gives_the_same_final_weights(tiny_recipe, monkeypatch):
+def test_resume_after_interruption_gives_the_same_final_weights(tiny_recipe, interrupt_training):
     sections = dict(losses=[{"name": "ce"}], train=None)
     raw = tiny_recipe(data=dict(tiny_recipe()["data"], mixup=0.8, cutmix=1.0, auto_augment="rand-m9-mstd0.5-inc1",
                                 re_prob=0.25))
@@ -41,18 +40,11 @@ def test_resume_after_interruption_gives_the_same_final_weights(tiny_recipe, mon
     train(straight)
 
     interrupted = load_recipe(raw=dict(raw, name="interrupted", train=base_train))
-    original = Trainer.train_one_epoch
-
-    def stop_at_third_epoch(self, epoch):
-        if epoch == 2:
-            raise _Interrupt()
-        return original(self, epoch)
-
-    monkeypatch.setattr(Trainer, "train_one_epoch", stop_at_third_epoch)
+    disarm = interrupt_training(2, _Interrupt)  # killed as the third epoch starts
     with pytest.raises(_Interrupt):
         train(interrupted)
     assert load_checkpoint(interrupted.run_dir / "checkpoints" / "last.pt")["epoch"] == 1
-    monkeypatch.setattr(Trainer, "train_one_epoch", original)
+    disarm()
     train(interrupted, resume=True)
 
     a = load_checkpoint(straight.run_dir / "checkpoints" / "last.pt")

@@ -23,12 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import timm
 from torch import nn
 
 from vitkd.config import parse_override
 from vitkd.errors import BenchInputError, CheckpointError, ConfigError, UnknownModelError
-from vitkd.models.factory import build_model, load_model_from_path
-from vitkd.models.factory import check_model_name as check_timm_name
+from vitkd.models.factory import build_model, load_model_from_path, model_name_hint
 
 __all__ = ["BuiltModel", "ModelSpec", "build_from_spec", "check_model_name", "parse_model_spec"]
 
@@ -68,16 +68,12 @@ class BuiltModel:
 def check_model_name(name: str, spec_text: str | None = None) -> None:
     """Raise `UnknownModelError` suggesting close timm names when timm does not know `name`.
 
-    The check and the close names are `vitkd.models.factory.check_model_name`'s; this only re-raises its
-    `ConfigError` as the bench's error type, naming the spec the name came from.
+    The close names are `vitkd.models.factory.model_name_hint`'s, as for recipes; the message names the spec the
+    name came from.
     """
-    try:
-        check_timm_name(name, "model")
-    except ConfigError as error:
+    if not timm.is_model(name):
         origin = f" (in model spec {spec_text!r})" if spec_text and spec_text != name else ""
-        found = f"unknown model '{name}'"
-        _, _, hint = str(error).partition(found)  # the factory's "; close names: ..." tail
-        raise UnknownModelError(f"{found}{origin}{hint}" if hint else f"{error}{origin}") from None
+        raise UnknownModelError(f"unknown model '{name}'{origin}{model_name_hint(name)}")
 
 
 def _split_top_level(text: str, separator: str = ",") -> list[str]:

@@ -152,7 +152,7 @@ def profile(model: nn.Module, *, name: str | None = None, input_size: int | Sequ
     if batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
     name = name or model_display_name(model)
-    options = RuntimeOptions(device=str(resolve_device("auto" if device is None else str(device))),
+    options = RuntimeOptions(device=str(resolve_device("auto" if device is None else str(device), option="device")),
                              threads=threads, channels_last=channels_last, amp=amp, compile=compile)
     size = default_input_size(model) if input_size is None else normalize_input_size(input_size)
     with eval_mode(model.to(options.torch_device)), use_threads(threads) as threads_used:

@@ -41,7 +41,7 @@ class RuntimeOptions:
 
     @property
     def torch_device(self) -> torch.device:
-        return resolve_device(str(self.device))
+        return resolve_device(str(self.device), option="--device")
 
     @property
     def memory_format(self) -> torch.memory_format:

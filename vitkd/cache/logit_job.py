@@ -10,7 +10,9 @@ Interrupted runs continue at the first incomplete epoch; finished epochs are nev
 Python use (what `vitkd demo` does)::
 
     from vitkd.cache.logit_job import build_logit_cache
-    result = build_logit_cache(load_recipe("recipes/demo/cached_kd.yaml"), epochs=30, topk=10)
+    from vitkd.config import load_recipe
+    from vitkd.shipped_recipes import find_recipe
+    result = build_logit_cache(load_recipe(find_recipe("demo/cached_kd")), epochs=30, topk=10)
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from vitkd.errors import ConfigError
+
 
 @dataclass
 class DistributedContext:
@@ -26,13 +28,17 @@ class DistributedContext:
         return self.world_size > 1
 
 
-def resolve_device(requested: str, local_rank: int = 0) -> torch.device:
-    """`auto` -> cuda:<local_rank> when available, else cpu. An explicit cuda request without CUDA is an error."""
+def resolve_device(requested: str, local_rank: int = 0, option: str = "train.device") -> torch.device:
+    """`auto` -> cuda:<local_rank> when available, else cpu. An explicit cuda request without CUDA, or a string torch
+    does not know as a device, is a `ConfigError` naming `option` (the recipe key or command-line flag)."""
     if requested == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(requested)
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise ConfigError(f"{option}={requested} is not a device; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device={requested} but CUDA is not available here; use train.device=cpu or auto")
+        raise ConfigError(f"{option}={requested} but CUDA is not available here; use {option}=cpu or auto")
     if device.type == "cuda" and device.index is None:
         device = torch.device(f"cuda:{local_rank}")
     return device

@@ -21,13 +21,16 @@ EXPORT_WEIGHTS = "student.safetensors"
 EXPORT_INFO = "student.json"
 
 
+def model_name_hint(name: str) -> str:
+    """The tail of an unknown-model message: `; close names: a, b` (timm names like `name`), or where to look."""
+    close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+    return f"; close names: {', '.join(close)}" if close else "; see timm.list_models() for valid names"
+
+
 def check_model_name(name: str, path: str = "model") -> None:
     """Raise `ConfigError` naming close timm names when `name` is not a registered model."""
-    if timm.is_model(name):
-        return
-    close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
-    hint = f"; close names: {', '.join(close)}" if close else "; see timm.list_models() for valid names"
-    raise ConfigError(f"{path}: unknown model '{name}'{hint}")
+    if not timm.is_model(name):
+        raise ConfigError(f"{path}: unknown model '{name}'{model_name_hint(name)}")
 
 
 def kwargs_with_classes(model_kwargs: dict, num_classes: int, path: str) -> dict:
