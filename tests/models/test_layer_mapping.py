@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from vitkd.models.layer_mapping import align_token_grid, map_layers_evenly, resolve_layer_indices, resolve_layer_pairs
+from vitkd.models.layer_mapping import (align_token_grid, map_layers_evenly, map_layers_uniformly, resolve_layer_indices,
+                                         resolve_layer_pairs)
 
 
 def test_resolve_layer_indices_keeps_order_and_resolves_negatives():
@@ -84,3 +85,11 @@ def test_align_token_grid_errors_name_both_grids_and_bad_counts():
         align_token_grid(torch.randn(2, 17, 3), (4, 4), (2, 2))
     with pytest.raises(ValueError, match="mode must be"):
         align_token_grid(tokens, (4, 4), (2, 2), mode="nearest")
+
+
+def test_uniform_layer_map():
+    assert map_layers_uniformly([0, 1, 2, 3], 4, 12) == [2, 5, 8, 11]  # TinyBERT-4 under BERT-base: k = 3
+    assert map_layers_uniformly([0, -1], 2, 4) == [1, 3]
+    assert map_layers_uniformly(list(range(12)), 12, 12) == list(range(12))
+    with pytest.raises(ValueError, match=r"but 4 / 3 is not whole; use teacher_layers: auto"):
+        map_layers_uniformly([0], 3, 4)

@@ -21,6 +21,11 @@ from vitkd.config import Recipe
 TOTAL_LOSS = "loss"
 
 
+def updates_per_epoch(train_loader: Iterable, max_steps_per_epoch: Optional[int]) -> int:
+    """Optimizer updates in one epoch: the loader's batches, capped by `train.max_steps_per_epoch` when set."""
+    return min(len(train_loader), max_steps_per_epoch) if max_steps_per_epoch else len(train_loader)
+
+
 @dataclass
 class StepResult:
     """One training step's forward.

@@ -30,7 +30,7 @@ from vitkd.engine.distributed import DistributedContext, barrier, reduce_sums, w
 from vitkd.engine.loss_meter import LossMeter, NonFiniteStep
 from vitkd.engine.metrics_log import MetricsLog
 from vitkd.engine.rng import capture_rng_state, restore_rng_state
-from vitkd.engine.task import TOTAL_LOSS, Task
+from vitkd.engine.task import TOTAL_LOSS, Task, updates_per_epoch
 from vitkd.errors import ConfigError, TrainingError
 from vitkd.files import atomic_write
 from vitkd.models.factory import count_parameters
@@ -65,9 +65,7 @@ class Trainer:
         optim = self.recipe.optim
         self.optimizer = create_optimizer_v2(self.task.trainable, opt=optim.opt, lr=optim.lr,
                                              weight_decay=optim.weight_decay, momentum=optim.momentum)
-        self.steps_per_epoch = len(self.task.train_loader)
-        if self.recipe.train.max_steps_per_epoch:
-            self.steps_per_epoch = min(self.steps_per_epoch, self.recipe.train.max_steps_per_epoch)
+        self.steps_per_epoch = updates_per_epoch(self.task.train_loader, self.recipe.train.max_steps_per_epoch)
         self.scheduler, _ = create_scheduler_v2(
             self.optimizer, sched=optim.sched, num_epochs=self.recipe.train.epochs, warmup_epochs=optim.warmup_epochs,
             warmup_lr=optim.warmup_lr, min_lr=optim.min_lr, step_on_epochs=False,

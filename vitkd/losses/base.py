@@ -91,6 +91,8 @@ class TermContext:
     img_size: the training input size (B, 3, img_size, img_size) both models see; terms may probe shapes with it.
     seed: this process's seed for a term's own generators: the recipe's `train.seed` plus the process rank, so
     masks and random samples differ across processes but replay exactly on resume.
+    steps_per_epoch: optimizer updates per epoch on this process (0: unknown); terms with schedules counted in
+    epochs (DKD's warm-up) convert them to steps with it.
     """
 
     student: nn.Module
@@ -103,6 +105,7 @@ class TermContext:
     label_smoothing: float = 0.0
     seed: int = 0
     img_size: int = 224
+    steps_per_epoch: int = 0
 
 
 class LossTerm(nn.Module):

@@ -59,6 +59,20 @@ def map_layers_evenly(student_layers: Sequence[int], student_depth: int, teacher
     return [max(0, ((i + 1) * 2 * teacher_depth + student_depth) // (2 * student_depth) - 1) for i in resolved]
 
 
+def map_layers_uniformly(student_layers: Sequence[int], student_depth: int, teacher_depth: int) -> list[int]:
+    """TinyBERT's uniform map: student block ``i`` -> teacher block ``(i + 1) * k - 1``, ``k = T / S``.
+
+    Example: a 4-block student under a 12-block teacher (k = 3): ``[0, 1, 2, 3] -> [2, 5, 8, 11]``.
+    Raises ValueError when ``teacher_depth`` is not a multiple of ``student_depth``.
+    """
+    if teacher_depth % student_depth:
+        raise ValueError(f"teacher_layers: uniform maps student block i to teacher block (i + 1) * k - 1 with "
+                         f"k = teacher depth / student depth, but {teacher_depth} / {student_depth} is not whole; "
+                         f"use teacher_layers: auto (same relative depth, rounded) or list the blocks")
+    k = teacher_depth // student_depth
+    return [(i + 1) * k - 1 for i in resolve_layer_indices(list(student_layers), student_depth, "student_layers")]
+
+
 def resolve_layer_pairs(pairs: Sequence[tuple[int, int]], student_depth: int, teacher_depth: int
                         ) -> list[tuple[int, int]]:
     """Validate explicit ``(student_layer, teacher_layer)`` pairs and resolve negative indices on both sides.

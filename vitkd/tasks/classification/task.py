@@ -22,7 +22,7 @@ from vitkd.data.mixup import build_mixup
 from vitkd.data.replay import BatchReplay
 from vitkd.engine.checkpoint import export_student
 from vitkd.engine.distributed import DistributedContext
-from vitkd.engine.task import TOTAL_LOSS, StepResult, Task
+from vitkd.engine.task import TOTAL_LOSS, StepResult, Task, updates_per_epoch
 from vitkd.errors import ConfigError
 from vitkd.losses.base import TermContext
 from vitkd.losses.inputs import Targets
@@ -101,7 +101,8 @@ class ClassificationTask(Task):
             teacher_info=describe_model(self.teacher.model) if self.teacher else {},
             uses_cache=uses_cache, mixup_active=self.mixup is not None,
             label_smoothing=self.recipe.data.label_smoothing, seed=self.recipe.train.seed + self.context.rank,
-            img_size=self.recipe.data.img_size)
+            img_size=self.recipe.data.img_size,
+            steps_per_epoch=updates_per_epoch(self.train_loader, self.recipe.train.max_steps_per_epoch))
         self.objective = DistillationObjective(build_loss_terms(self.recipe.losses, context)).to(self.device)
         needs = self.objective.needs
         if needs.uses_teacher and self.teacher is None and not uses_cache:
