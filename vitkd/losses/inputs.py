@@ -7,6 +7,8 @@ from typing import Any, Optional
 
 import torch
 
+from vitkd.data.mixup import MixPlan
+
 
 @dataclass
 class StudentOutputs:
@@ -50,8 +52,13 @@ class Targets:
     """Ground truth for one batch.
 
     labels: (B,) integer classes before Mixup/CutMix. soft: (B, C) mixed and/or smoothed targets when Mixup/CutMix
-    is active, else None.
+    is active, else None. sample_ids: (B,) int64 dataset ids of the batch's samples (per-sample targets such as
+    stored embeddings are read by them), None where a caller has none. mix_plan: the batch's Mixup/CutMix decisions
+    (`vitkd.data.mixup.MixPlan`: partner, lam...) when Mixup/CutMix is active, so per-sample targets can be mixed
+    with the same pairs and weights as the images; else None.
     """
 
     labels: torch.Tensor
     soft: Optional[torch.Tensor] = None
+    sample_ids: Optional[torch.Tensor] = None
+    mix_plan: Optional[MixPlan] = None

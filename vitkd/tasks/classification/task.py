@@ -144,9 +144,11 @@ class ClassificationTask(Task):
             return StepResult(losses=None, num_samples=0, skipped=batch.skipped)
         images = batch.images.to(self.device, non_blocking=True)  # (B, 3, H, W)
         labels = batch.labels.to(self.device, non_blocking=True)  # (B,)
-        targets = Targets(labels=labels)
-        if self.mixup is not None:
-            images, targets.soft = self.mixup(images, labels, batch.seeds)
+        targets = Targets(labels=labels, sample_ids=batch.sample_ids.to(self.device, non_blocking=True))
+        if self.mixup is not None:  # what `self.mixup(images, labels, seeds)` does, keeping the plan for the terms
+            targets.mix_plan = self.mixup.plan(batch.seeds, (images.shape[-2], images.shape[-1]))
+            images = self.mixup.mix_images(images, targets.mix_plan)
+            targets.soft = self.mixup.mix_targets(labels, targets.mix_plan)
         teacher_outputs = self.teacher_source(images, batch, epoch)
         total, logged = trainable(images, teacher_outputs, targets)
         return StepResult(losses={TOTAL_LOSS: total, **logged}, num_samples=labels.shape[0], skipped=batch.skipped)
