@@ -86,7 +86,16 @@ def build_train_loader(dataset: Dataset, cfg: DataConfig, seed: int, rank: int =
     sampler = build_train_sampler(dataset, seed, rank, world_size)
     drop_last = len(dataset) // world_size > cfg.batch_size
     return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
-                      collate_fn=collate_skipping_corrupt, drop_last=drop_last, pin_memory=torch.cuda.is_available())
+                      collate_fn=collate_skipping_corrupt, drop_last=drop_last, pin_memory=torch.cuda.is_available(),
+                      generator=loader_generator(seed))
+
+
+def loader_generator(seed: int) -> torch.Generator:
+    """The loader's own generator. Every new loader iterator draws its workers' base seed from it; without one it
+    draws from the global torch RNG, so the student's dropout/drop-path stream would depend on how many iterators
+    were started (a persistent evaluation loader starts one per run, a resumed run one more) and on whether workers
+    are used at all. Augmentation never reads these seeds (it is seeded per sample, `vitkd.data.seeded`)."""
+    return torch.Generator().manual_seed(seed)
 
 
 def build_val_loader(dataset: Dataset, batch_size: int, num_workers: int, rank: int = 0,
@@ -98,7 +107,8 @@ def build_val_loader(dataset: Dataset, batch_size: int, num_workers: int, rank: 
     # Evaluation data has no per-epoch state, so its workers can live across epochs (training's cannot: the
     # training dataset's epoch is set in the main process before each epoch).
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=num_workers,
-                      collate_fn=collate_skipping_corrupt, persistent_workers=num_workers > 0)
+                      collate_fn=collate_skipping_corrupt, persistent_workers=num_workers > 0,
+                      generator=loader_generator(0))
 
 
 def build_eval_loader(dataset: str, root: Optional[str], img_size: int, batch_size: int,
