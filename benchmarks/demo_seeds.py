@@ -46,13 +46,18 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _seed_recipe(row: str, seed: int, demo_dir: Path):
-    """The demo recipe `row` with student seed `seed`, run as `<demo_dir>/<row>_seed<seed>`."""
+def seed_recipe(row: str, seed: int, demo_dir: Path, epochs_scale: float = 1.0, extra_overrides: Sequence[str] = (),
+                name: str | None = None):
+    """The demo recipe `row` with student seed `seed`, run as `<demo_dir>/<name>` (default `<row>_seed<seed>`).
+
+    `epochs_scale` and `extra_overrides` (dotted `key=value`, applied last) are `vitkd.demo.demo_recipe`'s.
+    """
     if not (demo_recipes_dir() / f"{row}.yaml").is_file():
         valid = sorted(p.stem for p in demo_recipes_dir().glob("*.yaml") if p.stem != "base")
         raise SystemExit(f"demo_seeds: no demo recipe {row}.yaml; valid rows: {valid}")
-    return demo_recipe(f"{row}.yaml", demo_dir,
-                       extra_overrides=["train.progress=false", f"train.seed={seed}", f"name={row}_seed{seed}"])
+    overrides = ["train.progress=false", f"train.seed={seed}", f"name={name or f'{row}_seed{seed}'}",
+                 *extra_overrides]
+    return demo_recipe(f"{row}.yaml", demo_dir, epochs_scale, overrides)
 
 
 def summarize(top1: dict[str, dict[int, float]], baseline: str) -> dict[str, Any]:
@@ -94,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     top1: dict[str, dict[int, float]] = {row: {} for row in arguments.rows}
     for seed in arguments.seeds:
         for row in arguments.rows:
-            summary = train_or_reuse(_seed_recipe(row, seed, demo_dir))
+            summary = train_or_reuse(seed_recipe(row, seed, demo_dir))
             top1[row][seed] = float(summary["top1"])
             print(f"[demo_seeds] {row} seed {seed}: top-1 {top1[row][seed]:.2f}%", flush=True)
     result = summarize(top1, baseline)

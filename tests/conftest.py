@@ -70,3 +70,30 @@ def interrupt_training(monkeypatch):
         return lambda: monkeypatch.setattr(Trainer, "train_one_epoch", original)
 
     return arm
+
+
+def spawn_and_wait(worker, args: tuple, nprocs: int = 2, timeout: float = 120.0) -> None:
+    """Run `worker(rank, *args)` in `nprocs` spawned processes (gloo tests); a worker's exception is re-raised here,
+    and workers still running after `timeout` seconds are killed and the test fails."""
+    import time
+
+    import torch.multiprocessing as mp
+
+    workers = mp.spawn(worker, args=args, nprocs=nprocs, join=False)
+    deadline = time.monotonic() + timeout
+    while not workers.join(timeout=1):  # re-raises a worker's exception
+        if time.monotonic() > deadline:
+            for process in workers.processes:
+                process.kill()
+            pytest.fail(f"{nprocs} spawned workers did not finish within {timeout:g} s")
+
+
+def load_benchmark(name: str):
+    """The benchmark script `benchmarks/<name>.py` (outside the package) loaded as a module, executed per call."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,4 +1,4 @@
-"""The `vitkd` command: train, eval, demo, cache-logits, cache-info, bench.
+"""The `vitkd` command: train, eval, demo, cache-logits, cache-info, embed-targets, import-embeddings, bench.
 
 A recipe argument is a YAML file, or the name of a recipe shipped with the package (`vitkd train demo/vit_plain`;
 see `vitkd.shipped_recipes`). Errors in user input (recipes, paths, checkpoints; `vitkd.errors.is_user_error`) print
@@ -11,7 +11,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Optional
+from typing import Callable, Optional
 
 from vitkd import __version__
 from vitkd.errors import is_user_error
@@ -108,12 +108,17 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recipe_by_name(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """`handler` with `args.recipe` first resolved to a file: the path itself, or a shipped recipe's name."""
+    def run(args: argparse.Namespace) -> int:
+        args.recipe = str(find_recipe(args.recipe))
+        return handler(args)
+
+    return run
+
+
 def _add_cache_commands(subparsers: argparse._SubParsersAction) -> None:
     from vitkd.cache import command as cache_command
-
-    def run_cache_logits(args: argparse.Namespace) -> int:
-        args.recipe = str(find_recipe(args.recipe))
-        return cache_command.run_cache_logits(args)
 
     parser = subparsers.add_parser(
         "cache-logits", help="run the frozen teacher once over the augmented training stream and store its top-K",
@@ -122,10 +127,27 @@ def _add_cache_commands(subparsers: argparse._SubParsersAction) -> None:
                     "--output); resumes at the first incomplete epoch. Train from it with `vitkd train RECIPE` "
                     "(teacher.cache set): the teacher is then never built.")
     cache_command.add_cache_logits_arguments(parser)
-    parser.set_defaults(handler=run_cache_logits)
+    parser.set_defaults(handler=_recipe_by_name(cache_command.run_cache_logits))
     parser = subparsers.add_parser("cache-info", help="print a logit cache's manifest, size and integrity")
     cache_command.add_cache_info_arguments(parser)
     parser.set_defaults(handler=cache_command.run_cache_info)
+
+    parser = subparsers.add_parser(
+        "embed-targets", help="store a model's pooled feature of every training sample (per-sample targets)",
+        description="Write a per-sample embedding store: `vitkd embed-targets RECIPE [key=value ...] (--model NAME "
+                    "| --teacher) --output DIR` runs the model over the recipe's training split with the evaluation "
+                    "transform, in sample-id order, and stores forward_head(forward_features(x), pre_logits=True) "
+                    "as float16 rows. Resumes where an interrupted run stopped; reuses a finished store. Train "
+                    "against it with the `embedding` loss (store: DIR).")
+    cache_command.add_embed_targets_arguments(parser)
+    parser.set_defaults(handler=_recipe_by_name(cache_command.run_embed_targets))
+    parser = subparsers.add_parser(
+        "import-embeddings", help="store a user's per-sample embedding matrix, reordered to the dataset's samples",
+        description="Build a per-sample embedding store from a matrix: `vitkd import-embeddings MATRIX --files "
+                    "LIST.txt RECIPE [key=value ...] --output DIR`; row i of MATRIX (.npy or .safetensors) belongs "
+                    "to the sample named on line i of LIST.txt (the dataset's sample keys).")
+    cache_command.add_import_embeddings_arguments(parser)
+    parser.set_defaults(handler=_recipe_by_name(cache_command.run_import_embeddings))
 
 
 def _add_bench(subparsers: argparse._SubParsersAction) -> None:

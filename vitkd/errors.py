@@ -95,6 +95,11 @@ class CacheWriteError(LogitCacheError, RuntimeError):
     """Writing or finalising an epoch failed: bad call order, bad inputs, or shards that do not cover every sample."""
 
 
+class EmbeddingImportError(LogitCacheError, ValueError):
+    """A matrix or file list given to `vitkd import-embeddings` cannot become an embedding store: not a 2-D matrix,
+    non-finite values, or keys that are unknown, missing or repeated (the message names the file, line and key)."""
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # benchmarks (`vitkd.bench`)
 

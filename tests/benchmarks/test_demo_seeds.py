@@ -1,19 +1,12 @@
 """benchmarks/demo_seeds.py: the seed summary (mean, std, paired gains) on hand-made numbers."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "demo_seeds.py"
+from conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def demo_seeds():
-    spec = importlib.util.spec_from_file_location("demo_seeds", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("demo_seeds")
 
 
 def test_paired_gains_mean_and_std(demo_seeds):

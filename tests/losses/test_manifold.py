@@ -1,5 +1,4 @@
 import math
-import time
 
 import pytest
 import torch
@@ -7,6 +6,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from conftest import spawn_and_wait
 from vitkd.losses.manifold import ManifoldLoss
 
 ROOT_HALF = 1 / math.sqrt(2)
@@ -151,14 +151,7 @@ def test_gather_inter_matches_the_global_batch_across_two_processes(tmp_path):
     reference([whole], [teacher]).backward()
 
     results = mp.Manager().dict()
-    workers = mp.spawn(_gather_worker, args=(2, str(tmp_path / "init"), student, teacher, results), nprocs=2,
-                       join=False)
-    deadline = time.monotonic() + 120
-    while not workers.join(timeout=1):  # re-raises a worker's exception
-        if time.monotonic() > deadline:
-            for process in workers.processes:
-                process.kill()
-            pytest.fail("gloo workers did not finish within 120 s")
+    spawn_and_wait(_gather_worker, (2, str(tmp_path / "init"), student, teacher, results))
     # each process: its 2 rows of the 4 x 4 map per patch; the mean over processes is the global term
     inter = [results[r][0] for r in range(2)]
     assert sum(inter) / 2 == pytest.approx(reference.last_terms["inter"].item(), rel=1e-5)

@@ -9,6 +9,10 @@ its augmented training stream; `vitkd.cache.run_identity` says what a cache must
 one identity check (`identity_mismatches`, `mismatch_error`) that writers and readers run; training reads it
 through `vitkd.tasks.classification.cached_teacher.CachedTeacher` (`teacher.cache` in a recipe); `vitkd cache-info
 DIR [--verify]` describes a cache.
+
+Per-sample embedding stores (`vitkd.cache.embedding_store`) reuse the same manifest and identity machinery: one
+float16 row per training sample, written by `EmbeddingStoreWriter` (`vitkd embed-targets`, `vitkd import-embeddings`;
+`vitkd.cache.embedding_job`) and read with `open_embedding_store(path).read(ids)`.
 """
 
 from vitkd.errors import (
@@ -40,6 +44,7 @@ from vitkd.cache.run_identity import (
     recipe_identity,
     teacher_identity,
 )
+from vitkd.cache.embedding_store import EmbeddingStore, EmbeddingStoreWriter, open_embedding_store
 from vitkd.cache.reader import EpochIntegrity, IntegrityReport, SparseLogitReader, open_cache
 from vitkd.cache.soft_labels import cached_argmax, rebuild_soft_labels
 from vitkd.cache.writer import SparseLogitWriter
@@ -52,6 +57,8 @@ __all__ = [
     "CacheFormatError",
     "CacheMismatchError",
     "CacheWriteError",
+    "EmbeddingStore",
+    "EmbeddingStoreWriter",
     "EpochIntegrity",
     "IntegrityReport",
     "LogitCacheError",
@@ -70,6 +77,7 @@ __all__ = [
     "index_dtype_for",
     "mismatch_error",
     "open_cache",
+    "open_embedding_store",
     "rebuild_soft_labels",
     "recipe_identity",
     "record_dtype",

@@ -1,19 +1,26 @@
-"""Command-line front ends of the logit cache: `vitkd cache-logits` and `vitkd cache-info`.
+"""Command-line front ends of the cache package: the logit cache and the per-sample embedding store.
 
     vitkd cache-logits RECIPE [key=value ...] [epochs=E] [topk=K] [--output DIR]
     vitkd cache-info DIR [--verify]
+    vitkd embed-targets RECIPE [key=value ...] (--model NAME [--model-kwargs JSON] [--checkpoint PATH] | --teacher)
+                        --output DIR [--batch-size N]
+    vitkd import-embeddings MATRIX --files LIST.txt RECIPE [key=value ...] --output DIR
 
-`epochs=E` / `topk=K` (or `--epochs` / `--topk`) set the job; every other `key=value` is a dotted recipe override,
-as for `vitkd train`. The output directory defaults to the recipe's `teacher.cache`.
+For `cache-logits`, `epochs=E` / `topk=K` (or `--epochs` / `--topk`) set the job; every other `key=value` is a
+dotted recipe override, as for `vitkd train`. The output directory defaults to the recipe's `teacher.cache`.
+`embed-targets` and `import-embeddings` take only recipe overrides besides their flags (`vitkd.cache.embedding_job`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from vitkd.errors import ConfigError
+
+if TYPE_CHECKING:  # the jobs import torch and the models; the parsers stay light
+    from vitkd.cache.embedding_job import EmbeddingStoreResult
 
 JOB_KEYS = ("epochs", "topk", "output")
 
@@ -95,3 +102,73 @@ def run_cache_info(args: argparse.Namespace) -> int:
     text, ok = describe_cache(args.cache_dir, verify=args.verify, progress=not args.no_progress)
     print(text)
     return 0 if ok else 1
+
+
+def add_embed_targets_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("recipe", help="training recipe whose training split gets one row per sample")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted recipe overrides (data.root=...)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="timm model name whose pooled features (pre-logits) become the rows")
+    source.add_argument("--teacher", action="store_true", help="use the recipe's teacher (teacher.name, "
+                        "teacher.checkpoint) instead of --model")
+    parser.add_argument("--model-kwargs", help="JSON dict of timm kwargs for --model (num_classes defaults to the "
+                        "dataset's class count)")
+    parser.add_argument("--checkpoint", help="local weights for --model: a .safetensors/.pt file, an export or a "
+                        "vitkd run directory")
+    parser.add_argument("--output", required=True, help="store directory (continued when interrupted, reused when "
+                        "complete)")
+    parser.add_argument("--batch-size", type=_positive_int, help="images per forward and per durable chunk "
+                        "(default: data.eval_batch_size, else data.batch_size)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _json_dict(text: str, option: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{option}: {text!r} is not JSON ({error}); pass a dict, e.g. '{{\"embed_dim\": 96}}'"
+                          ) from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{option}: expected a JSON dict of keyword arguments, got {text!r}")
+    return value
+
+
+def _store_summary(result: EmbeddingStoreResult) -> str:
+    """What a store job did, as the JSON the commands print."""
+    return json.dumps({"store": str(result.path), "num_samples": result.num_samples, "dim": result.dim,
+                       "written_now": result.written, "reused": result.reused, "seconds": round(result.seconds, 2)},
+                      indent=2)
+
+
+def run_embed_targets(args: argparse.Namespace) -> int:
+    from vitkd.cache.embedding_job import embed_targets
+    from vitkd.config import load_recipe
+
+    model_kwargs = _json_dict(args.model_kwargs, "--model-kwargs") if args.model_kwargs is not None else None
+    recipe = load_recipe(args.recipe, args.overrides)
+    result = embed_targets(recipe, args.output, model=args.model, model_kwargs=model_kwargs, checkpoint=args.checkpoint,
+                           teacher=args.teacher, batch_size=args.batch_size, progress=not args.no_progress)
+    print(_store_summary(result))
+    return 0
+
+
+def add_import_embeddings_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("matrix", help="(rows, dim) matrix: .npy, or .safetensors with one tensor (or one named "
+                        "'embeddings')")
+    parser.add_argument("--files", required=True, help="text file, one sample key per line: line i names the "
+                        "sample of matrix row i (the dataset's sample keys; for folders the path relative to the "
+                        "split folder, e.g. n01440764/x.JPEG)")
+    parser.add_argument("recipe", help="training recipe whose training split the rows belong to")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted recipe overrides (data.root=...)")
+    parser.add_argument("--output", required=True, help="store directory")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run_import_embeddings(args: argparse.Namespace) -> int:
+    from vitkd.cache.embedding_job import import_embeddings
+    from vitkd.config import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    result = import_embeddings(recipe, args.matrix, args.files, args.output, progress=not args.no_progress)
+    print(_store_summary(result))
+    return 0

@@ -23,6 +23,9 @@ check just like a flipped bit. A record that was never written is all zero bytes
 because no valid record is all zero (its top-1 probability is positive), and it is reported as "never written"
 rather than "corrupted". A record with a valid CRC whose K values are all zero marks a sample the teacher never
 saw in that epoch (the caching run skipped it, e.g. an unreadable image); reading it raises `SkippedSampleError`.
+
+The manifest machinery here (`read_manifest`, `check_manifest_header`, `write_manifest_atomic`, the dataset
+fingerprints and hashes) is shared with the per-sample embedding store (`vitkd.cache.embedding_store`).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import json
 import os
 import time
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -176,6 +179,32 @@ def unwritten_mask(records: np.ndarray) -> np.ndarray:
     """[B] bool: True where a record is all zero bytes, i.e. was never written."""
     records = np.ascontiguousarray(records)
     return ~records.view(np.uint8).reshape(records.shape[0], records.dtype.itemsize).any(axis=1)
+
+
+def shown_ids(ids: Iterable[int], limit: int = 10) -> str:
+    """The first `limit` ids for a message, with the total when there are more: `3, 7, ... (12 in all)`."""
+    ids = [int(i) for i in ids]
+    shown = ", ".join(str(i) for i in ids[:limit])
+    return shown + (f", ... ({len(ids)} in all)" if len(ids) > limit else "")
+
+
+def sample_id_array(sample_ids: torch.Tensor | np.ndarray | Iterable[int], num_samples: int, where: str
+                    ) -> np.ndarray:
+    """(B,) int64 numpy ids from a tensor, array or sequence, each checked to lie in [0, num_samples).
+
+    Raises:
+        ValueError: not a 1-D integer array. IndexError: ids out of range (named, with `where`: the store read).
+    """
+    if isinstance(sample_ids, torch.Tensor):
+        sample_ids = sample_ids.detach().to("cpu").numpy()
+    ids = np.asarray(sample_ids)
+    if ids.ndim != 1 or not (np.issubdtype(ids.dtype, np.integer) or ids.size == 0):
+        raise ValueError(f"sample_ids must be a 1-D integer array, got shape {ids.shape} dtype {ids.dtype}")
+    ids = ids.astype(np.int64, copy=False)
+    bad = np.flatnonzero((ids < 0) | (ids >= num_samples))
+    if bad.size:
+        raise IndexError(f"sample ids out of range [0, {num_samples}) for {where}: {shown_ids(ids[bad])}")
+    return ids
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -334,6 +363,45 @@ def manifest_path(cache_dir: str | os.PathLike) -> Path:
     return Path(cache_dir) / MANIFEST_NAME
 
 
+def read_manifest(directory: str | os.PathLike, *, kind: str, missing_hint: str) -> Any:
+    """The parsed `manifest.json` of a store directory (a logit cache, an embedding store), not yet validated.
+
+    Args:
+        directory: the store directory.
+        kind: what the directory should be, for messages ("cache", "embedding store").
+        missing_hint: the end of the message when there is no manifest (what the directory is not, how to make one).
+    Raises:
+        CacheFormatError: the manifest is missing or not JSON; the message names the file.
+    """
+    path = manifest_path(directory)
+    if not path.is_file():
+        raise CacheFormatError(f"no {MANIFEST_NAME} in {Path(directory)}: {missing_hint}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CacheFormatError(f"cannot read {kind} manifest {path}: {error}") from error
+
+
+def check_manifest_header(manifest: Any, path: str | os.PathLike, *, kind: str, format_name: str,
+                          versions: Sequence[int], required: Sequence[str], hint: str = "") -> None:
+    """Raise `CacheFormatError` naming `path` unless `manifest` is a JSON object of format `format_name`, of one of
+    `versions`, holding every `required` field. `hint` (e.g. which command builds the right kind) ends the message
+    of a manifest of another format."""
+    if not isinstance(manifest, dict):
+        raise CacheFormatError(f"{kind} manifest {path} must hold a JSON object, found {type(manifest).__name__}")
+    if manifest.get("format") != format_name:
+        raise CacheFormatError(f"{path}: 'format' is {manifest.get('format')!r}, expected {format_name!r}{hint}")
+    version = manifest.get("format_version")
+    if version not in versions:
+        raise CacheFormatError(
+            f"{path}: unknown {kind} format_version {version!r}; this vitkd reads versions "
+            f"{list(versions)} (upgrade vitkd or rebuild the {kind})"
+        )
+    missing = [field for field in required if field not in manifest]
+    if missing:
+        raise CacheFormatError(f"{path}: manifest lacks required fields {missing}")
+
+
 def load_manifest(cache_dir: str | os.PathLike) -> dict[str, Any]:
     """Read and validate `manifest.json` of a cache directory.
 
@@ -341,38 +409,19 @@ def load_manifest(cache_dir: str | os.PathLike) -> dict[str, Any]:
         CacheFormatError: the manifest is missing, not JSON, of an unknown format version, lacks required fields, or
             its record size disagrees with its top-K / class count.
     """
-    path = manifest_path(cache_dir)
-    if not path.is_file():
-        raise CacheFormatError(
-            f"no {MANIFEST_NAME} in {Path(cache_dir)}: not a vitkd logit cache, or its first epoch never finished "
-            "(create one with `vitkd cache-logits`)"
-        )
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CacheFormatError(f"cannot read cache manifest {path}: {error}") from error
-    validate_manifest(manifest, path)
+    manifest = read_manifest(cache_dir, kind="cache", missing_hint="not a vitkd logit cache, or its first epoch "
+                             "never finished (create one with `vitkd cache-logits`)")
+    validate_manifest(manifest, manifest_path(cache_dir))
     return manifest
 
 
 def validate_manifest(manifest: Any, path: str | os.PathLike) -> None:
     """Raise `CacheFormatError` naming `path` when `manifest` is not a usable manifest of a supported version."""
-    if not isinstance(manifest, dict):
-        raise CacheFormatError(f"cache manifest {path} must hold a JSON object, found {type(manifest).__name__}")
-    if manifest.get("format") != FORMAT_NAME:
-        raise CacheFormatError(f"{path}: 'format' is {manifest.get('format')!r}, expected {FORMAT_NAME!r}")
-    version = manifest.get("format_version")
-    if version not in SUPPORTED_FORMAT_VERSIONS:
-        raise CacheFormatError(
-            f"{path}: unknown cache format_version {version!r}; this vitkd reads versions "
-            f"{list(SUPPORTED_FORMAT_VERSIONS)} (upgrade vitkd or rebuild the cache)"
-        )
-    missing = [field for field in REQUIRED_MANIFEST_FIELDS if field not in manifest]
-    if missing:
-        raise CacheFormatError(f"{path}: manifest lacks required fields {missing}")
+    check_manifest_header(manifest, path, kind="cache", format_name=FORMAT_NAME, versions=SUPPORTED_FORMAT_VERSIONS,
+                          required=REQUIRED_MANIFEST_FIELDS)
     for field in ("num_samples", "topk", "num_classes", "record_size"):
         value = manifest[field]
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        if not is_positive_int(value):
             raise CacheFormatError(f"{path}: {field!r} must be a positive integer, found {value!r}")
     topk, num_classes = manifest["topk"], manifest["num_classes"]
     expected_index_dtype = index_dtype_for(num_classes).name
@@ -390,6 +439,11 @@ def validate_manifest(manifest: Any, path: str | os.PathLike) -> None:
     epochs = manifest["completed_epochs"]
     if not isinstance(epochs, list) or not all(_is_epoch_number(epoch) for epoch in epochs):
         raise CacheFormatError(f"{path}: 'completed_epochs' must be a list of non-negative integers, found {epochs!r}")
+
+
+def is_positive_int(value: Any) -> bool:
+    """True for an int (not a bool) above zero, as manifest counts must be."""
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def _is_epoch_number(value: Any) -> bool:

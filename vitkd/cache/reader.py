@@ -31,6 +31,7 @@ from vitkd.cache.format import (
     load_manifest,
     record_checksums,
     record_dtype,
+    sample_id_array,
     skipped_mask,
     unwritten_mask,
     utc_now,
@@ -228,16 +229,7 @@ class SparseLogitReader:
             UnwrittenRecordError: a record was never written (all zero).
             SkippedSampleError: the caching run skipped a requested sample (`mark_skipped`), so it has no targets.
         """
-        if isinstance(sample_ids, torch.Tensor):
-            sample_ids = sample_ids.detach().to("cpu").numpy()
-        ids = np.asarray(sample_ids)
-        if ids.ndim != 1 or not (np.issubdtype(ids.dtype, np.integer) or ids.size == 0):
-            raise ValueError(f"sample_ids must be a 1-D integer array, got shape {ids.shape} dtype {ids.dtype}")
-        ids = ids.astype(np.int64, copy=False)
-        bad = np.flatnonzero((ids < 0) | (ids >= self.num_samples))
-        if bad.size:
-            raise IndexError(f"sample ids out of range [0, {self.num_samples}) for cache {self.path}: "
-                             f"{_shown(ids[bad])}")
+        ids = sample_id_array(sample_ids, self.num_samples, f"cache {self.path}")  # (B,) int64
         records = np.asarray(self._records(int(epoch))[ids])  # (B,) one record-sized read per sample
         self._check_records(int(epoch), ids, records)
         seeds = torch.from_numpy(records["seed"].astype(np.int64))

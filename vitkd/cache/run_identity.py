@@ -15,6 +15,9 @@ The augmentation record holds everything that changes the teacher's input images
 - `batch_replay`: with Mixup/CutMix only, the per-rank batch size and world size: images are mixed with partners
   from their own batch, so only the same batches replay the same mixed images.
 The manifest stores the record and its hash (`augmentation_hash`, the identity field).
+
+The per-sample embedding store (`vitkd.cache.embedding_store`) is identified by the same check on its own fields:
+`num_samples`, `dim`, `dataset` (this module's `dataset_record`) and `source` (where its embeddings came from).
 """
 
 from __future__ import annotations
@@ -37,7 +40,9 @@ if TYPE_CHECKING:  # types only: the storage layer imports this module without t
 
 #: Manifest fields that say which teacher targets a cache holds, in the order mismatches are reported.
 #: `augmentation` is the record behind `augmentation_hash`; a cache written without it is checked by the hash alone.
-IDENTITY_FIELDS = ("num_samples", "topk", "num_classes", "teacher", "dataset", "augmentation", "augmentation_hash")
+#: `dim` and `source` identify an embedding store (its width and where its rows came from).
+IDENTITY_FIELDS = ("num_samples", "topk", "num_classes", "dim", "teacher", "source", "dataset", "augmentation",
+                   "augmentation_hash")
 # Alternative spellings accepted in `expected` dicts: the writer's keyword names.
 _IDENTITY_ALIASES = {"teacher_id": "teacher", "dataset_fingerprint": "dataset", "k": "topk"}
 
@@ -51,6 +56,8 @@ _HINTS = {
     "teacher": "the recipe's teacher differs from the one that wrote the cache",
     "topk": "teacher.cache_topk differs from the cache's K",
     "num_classes": "the dataset's class count differs from the cache's",
+    "dim": "the embeddings have another width",
+    "source": "the embeddings came from another model, checkpoint, input transform or matrix",
 }
 
 
@@ -255,19 +262,23 @@ def _shorten(value: Any, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def mismatch_error(mismatches: list[tuple[str, Any, Any]], cache_dir: str | os.PathLike, *, action: str
-                   ) -> CacheMismatchError:
-    """A `CacheMismatchError` listing each disagreeing field with both values and what the field means."""
-    lines = [f"logit cache {cache_dir} was built for different settings (recorded in its {MANIFEST_NAME}); "
+def mismatch_error(mismatches: list[tuple[str, Any, Any]], cache_dir: str | os.PathLike, *, action: str,
+                   kind: str = "logit cache", rebuild: Optional[str] = None) -> CacheMismatchError:
+    """A `CacheMismatchError` listing each disagreeing field with both values and what the field means.
+
+    `kind` names the store ("logit cache", "embedding store"); `rebuild` is the closing advice (default: rebuild a
+    logit cache with `vitkd cache-logits`, and how to inspect it).
+    """
+    lines = [f"{kind} {cache_dir} was built for different settings (recorded in its {MANIFEST_NAME}); "
              f"cannot {action}:"]
-    hints = []
+    hints, noun = [], kind.split()[-1]  # "cache", "store"
     for field, wanted, found in mismatches:
-        lines.append(f"  {field}: this run has {_shorten(wanted)}, the cache has {_shorten(found)}")
+        lines.append(f"  {field}: this run has {_shorten(wanted)}, the {noun} has {_shorten(found)}")
         hint = next((text for prefix, text in _HINTS.items() if field == prefix or field.startswith(prefix + ".")),
                     None)
         if hint and hint not in hints:
             hints.append(hint)
     lines.extend(f"  ({hint})" for hint in hints)
-    lines.append(f"rebuild the cache for this recipe with `vitkd cache-logits RECIPE` into a new directory, or "
-                 f"change the recipe back; {inspect_command(cache_dir)} shows what the cache holds")
+    lines.append(rebuild or f"rebuild the cache for this recipe with `vitkd cache-logits RECIPE` into a new "
+                 f"directory, or change the recipe back; {inspect_command(cache_dir)} shows what the cache holds")
     return CacheMismatchError("\n".join(lines), mismatches)

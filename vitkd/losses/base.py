@@ -93,6 +93,9 @@ class TermContext:
     masks and random samples differ across processes but replay exactly on resume.
     steps_per_epoch: optimizer updates per epoch on this process (0: unknown); terms with schedules counted in
     epochs (DKD's warm-up) convert them to steps with it.
+    dataset_record: the training data's fingerprint (`vitkd.cache.run_identity.dataset_record`: name/split, sample
+    count, hash of the ordered sample keys); terms reading per-sample targets by sample id check their store
+    against it. Empty when the caller has none.
     """
 
     student: nn.Module
@@ -106,6 +109,7 @@ class TermContext:
     seed: int = 0
     img_size: int = 224
     steps_per_epoch: int = 0
+    dataset_record: dict = field(default_factory=dict)
 
 
 class LossTerm(nn.Module):

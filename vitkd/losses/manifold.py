@@ -17,10 +17,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
+
+from vitkd.losses.gather import batch_sizes, distributed_world, gather_batch
 
 __all__ = ["ManifoldLoss"]
 
@@ -72,7 +73,7 @@ class ManifoldLoss(nn.Module):
         if len(student_feats) != len(teacher_feats) or not student_feats:
             raise ValueError(f"ManifoldLoss expects matching non-empty lists of layers, got {len(student_feats)} "
                              f"student and {len(teacher_feats)} teacher feature maps")
-        gather = self.gather_inter and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        gather = self.gather_inter and distributed_world()
         intra = inter = rand = 0.0
         self.last_random_indices = []
         for layer, (s, t) in enumerate(zip(student_feats, teacher_feats)):
@@ -86,9 +87,9 @@ class ManifoldLoss(nn.Module):
             s_by_patch = rearrange(s, "b n d -> n b d")  # (N, B, Ds)
             t_by_patch = rearrange(t, "b n d -> n b d")  # (N, B, Dt)
             if gather:
-                sizes = _batch_sizes(s.shape[0], s.device)
-                s_all = rearrange(_GatherBatch.apply(s, sizes), "b n d -> n b d")  # (N, B_global, Ds)
-                t_all = rearrange(_GatherBatch.apply(t, sizes), "b n d -> n b d")  # (N, B_global, Dt)
+                sizes = batch_sizes(s.shape[0], s.device)
+                s_all = rearrange(gather_batch(s, sizes), "b n d -> n b d")  # (N, B_global, Ds)
+                t_all = rearrange(gather_batch(t, sizes), "b n d -> n b d")  # (N, B_global, Dt)
                 inter = inter + _relation_error(s_by_patch, s_all, t_by_patch, t_all)  # N maps of B x B_global
             else:
                 inter = inter + _relation_error(s_by_patch, s_by_patch, t_by_patch, t_by_patch)  # N maps of B x B
@@ -123,35 +124,3 @@ def _relation_error(s_rows: torch.Tensor, s_cols: torch.Tensor, t_rows: torch.Te
     student = s_rows @ s_cols.transpose(-1, -2)  # (..., R, C)
     teacher = t_rows @ t_cols.transpose(-1, -2)  # (..., R, C)
     return (teacher - student).pow(2).mean()
-
-
-def _batch_sizes(local_batch: int, device: torch.device) -> list[int]:
-    local = torch.tensor([local_batch], dtype=torch.long, device=device)
-    sizes = [torch.zeros_like(local) for _ in range(dist.get_world_size())]
-    dist.all_gather(sizes, local)
-    return [int(size.item()) for size in sizes]
-
-
-class _GatherBatch(torch.autograd.Function):
-    """Concatenate every process's ``(B_r, ...)`` tensor along dim 0 -> ``(sum_r B_r, ...)``, keeping gradients.
-
-    Backward sums the incoming gradients over processes (each process's loss depends on every image) and hands each
-    process the slice of its own images. Works with any backend (all_gather + all_reduce) and uneven batches
-    (padded to the largest, trimmed after).
-    """
-
-    @staticmethod
-    def forward(ctx, local: torch.Tensor, sizes: list[int]) -> torch.Tensor:  # noqa: D102
-        ctx.sizes, ctx.rank = sizes, dist.get_rank()
-        padded = local.new_zeros((max(sizes),) + tuple(local.shape[1:]))
-        padded[:local.shape[0]] = local
-        gathered = [torch.empty_like(padded) for _ in sizes]
-        dist.all_gather(gathered, padded)
-        return torch.cat([part[:size] for part, size in zip(gathered, sizes)])
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # noqa: D102
-        grad = grad.contiguous().clone()
-        dist.all_reduce(grad)
-        start = sum(ctx.sizes[:ctx.rank])
-        return grad[start:start + ctx.sizes[ctx.rank]], None

@@ -107,6 +107,7 @@ def build_loss_terms(terms: Sequence[LossTermConfig], context: TermContext) -> l
 
 def _import_builtin_terms() -> None:
     """Importing the term modules registers them."""
+    import vitkd.losses.embedding_terms  # noqa: F401
     import vitkd.losses.feature_terms  # noqa: F401
     import vitkd.losses.hint_terms  # noqa: F401
     import vitkd.losses.logit_terms  # noqa: F401

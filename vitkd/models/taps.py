@@ -24,10 +24,11 @@ exactly ``final`` for ViT-family models, so it is reused rather than recomputed.
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import inspect
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +37,7 @@ from torch import nn
 
 from vitkd.models.layer_mapping import resolve_layer_indices
 
-__all__ = ["TappedModel", "TappedOutput", "extract_features", "split_prefix"]
+__all__ = ["TappedModel", "TappedOutput", "capture_outputs", "extract_features", "split_prefix"]
 
 
 @dataclass
@@ -170,6 +171,26 @@ class TappedModel(nn.Module):
 
     def forward(self, images: torch.Tensor) -> TappedOutput:
         return extract_features(self.model, images, self.layers, normed_layers=self.normed_layers, hooks=self.hooks)
+
+
+@contextlib.contextmanager
+def capture_outputs(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str, Any]]:
+    """Forward hooks on the modules of ``model`` named ``names`` while the block runs; yields the dict they fill
+    (module name -> its output as returned, the last call's when a module runs twice). Unlike ``hooks=`` of
+    ``extract_features``, the hooks stay on around whatever the block runs, e.g. ``forward_head`` as well, so a
+    pre-logits module (timm's ``head_drop``) is captured too. Removed on exit, also when the block raises.
+
+    Raises:
+        ValueError: an unknown module name (the message lists close valid names).
+    """
+    store: dict[str, Any] = {}
+    handles = [module.register_forward_hook(_store_output(store, name))
+               for name, module in _find_modules(model, list(names)).items()]
+    try:
+        yield store
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def _store_output(store: dict, key: Any):

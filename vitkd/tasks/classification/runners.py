@@ -13,7 +13,7 @@ from torch import nn
 
 from vitkd.losses.base import TapRequest
 from vitkd.losses.inputs import StudentOutputs, TeacherOutputs
-from vitkd.models.taps import TappedOutput, extract_features
+from vitkd.models.taps import TappedOutput, capture_outputs, extract_features
 from vitkd.models.teacher import FrozenTeacher
 
 
@@ -26,13 +26,16 @@ def _split_heads(output) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
 
 def forward_tapped(model: nn.Module, images: torch.Tensor, taps: TapRequest
                    ) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[TappedOutput]]:
-    """images (B, 3, H, W) -> (logits (B, C), dist_logits (B, C) or None, the tapped features or None)."""
+    """images (B, 3, H, W) -> (logits (B, C), dist_logits (B, C) or None, the tapped features or None).
+
+    Module hooks (`taps.hooks`) cover the head as well, so pre-logits modules (`head_drop`, `fc_norm`) are tapped."""
     if not taps:
         logits, dist_logits = _split_heads(model(images))
         return logits, dist_logits, None
-    tapped = extract_features(model, images, list(taps.layers), normed_layers=list(taps.normed_layers),
-                              hooks=list(taps.hooks))
-    logits, dist_logits = _split_heads(model.forward_head(tapped.final))
+    with capture_outputs(model, taps.hooks) as hooked:  # hooks stay on through the head (pre-logits modules)
+        tapped = extract_features(model, images, list(taps.layers), normed_layers=list(taps.normed_layers))
+        logits, dist_logits = _split_heads(model.forward_head(tapped.final))
+    tapped.hooked = hooked
     return logits, dist_logits, tapped
 
 

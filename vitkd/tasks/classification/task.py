@@ -15,6 +15,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from vitkd.cache.run_identity import dataset_record
 from vitkd.config import Recipe
 from vitkd.data.loader import (Batch, build_train_dataset, build_train_loader, build_val_dataset, build_val_loader,
                                num_classes_of)
@@ -102,7 +103,8 @@ class ClassificationTask(Task):
             uses_cache=uses_cache, mixup_active=self.mixup is not None,
             label_smoothing=self.recipe.data.label_smoothing, seed=self.recipe.train.seed + self.context.rank,
             img_size=self.recipe.data.img_size,
-            steps_per_epoch=updates_per_epoch(self.train_loader, self.recipe.train.max_steps_per_epoch))
+            steps_per_epoch=updates_per_epoch(self.train_loader, self.recipe.train.max_steps_per_epoch),
+            dataset_record=dataset_record(self.train_dataset, self.recipe.data))
         self.objective = DistillationObjective(build_loss_terms(self.recipe.losses, context)).to(self.device)
         needs = self.objective.needs
         if needs.uses_teacher and self.teacher is None and not uses_cache:
