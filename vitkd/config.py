@@ -142,6 +142,9 @@ class TrainConfig:
     On a small CPU, 1 thread plus `data.num_workers: 1` overlaps augmentation with compute.
     `log_every`: steps between reads of the loss sums (progress-bar loss, non-finite check). Losses accumulate on
     the device in between, so a GPU step never waits for the host; the bar's step count still moves every step.
+    `nonfinite`: what a NaN/infinite total loss does: `stop` (training stops naming the step and every term) or
+    `skip` (that step makes no update and is counted as `train/nonfinite_skipped`; more than `nonfinite_max_skips`
+    in one epoch stops). `skip` reads the loss on the host before every update (one sync per step).
     """
 
     epochs: int = 300
@@ -157,6 +160,8 @@ class TrainConfig:
     deterministic: bool = True
     progress: bool = True
     log_every: int = 10
+    nonfinite: Literal["stop", "skip"] = "stop"
+    nonfinite_max_skips: int = 10
 
 
 @dataclass
@@ -415,6 +420,8 @@ def check_values(recipe: Recipe) -> None:
         raise ConfigError(f"data.num_workers must be >= 0, got {recipe.data.num_workers}")
     if recipe.train.epochs <= 0:
         raise ConfigError(f"train.epochs must be positive, got {recipe.train.epochs}")
+    if recipe.train.nonfinite_max_skips < 0:
+        raise ConfigError(f"train.nonfinite_max_skips must be >= 0, got {recipe.train.nonfinite_max_skips}")
     if recipe.train.log_every < 1:
         raise ConfigError(f"train.log_every must be a positive number of steps, got {recipe.train.log_every}")
 

@@ -125,3 +125,21 @@ def test_unknown_task_names_the_valid_ones(regression_recipe):
     with pytest.raises(ConfigError, match=r"task: unknown task 'clasification' \(did you mean 'classification'\?\); "
                                           r"valid tasks: classification, regression"):
         resolve_recipe(recipe)
+
+
+def test_nonfinite_skip_drops_the_step_counts_it_and_trains_on(regression_recipe, monkeypatch):
+    monkeypatch.setattr(RegressionTask, "nan_at", (1, 3))
+    recipe = regression_recipe(nonfinite="skip", log_every=2)
+    summary = train(recipe)
+    lines = [json.loads(line) for line in (recipe.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [line["train/nonfinite_skipped"] for line in lines] == [0, 1, 0, 0]
+    assert all(torch.isfinite(torch.tensor(line["train/loss"])) for line in lines)  # the NaN step is not averaged in
+    last = load_checkpoint(recipe.run_dir / "checkpoints" / "last.pt")
+    assert all(torch.isfinite(value).all() for value in last["model"].values()) and summary["best_mse"] < 1.0
+
+
+def test_nonfinite_skip_stops_past_its_limit(regression_recipe, monkeypatch):
+    monkeypatch.setattr(RegressionTask, "nan_at", (1, 3))
+    with pytest.raises(TrainingError, match=r"at epoch 2, step 3 \(after skipping train\.nonfinite_max_skips=0 such "
+                                            r"steps this epoch\); terms: \{'mse': nan\}"):
+        train(regression_recipe(nonfinite="skip", nonfinite_max_skips=0))

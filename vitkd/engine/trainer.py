@@ -135,6 +135,8 @@ class Trainer:
                         disable=not (self.recipe.train.progress and self.context.is_main), leave=False)
         clip = self.recipe.optim.clip_grad
         log_every = self.recipe.train.log_every
+        skip_nonfinite = self.recipe.train.nonfinite == "skip"
+        nonfinite_skipped = 0
         for step, batch in enumerate(self.task.train_loader):
             if step >= self.steps_per_epoch:
                 break
@@ -142,6 +144,12 @@ class Trainer:
                 result = self.task.training_step(self.trained_module, batch, epoch)
             skipped += result.skipped
             if result.losses is None:
+                continue
+            if skip_nonfinite and not torch.isfinite(result.losses[TOTAL_LOSS]).item():  # one sync, asked for
+                nonfinite_skipped += 1
+                if nonfinite_skipped > self.recipe.train.nonfinite_max_skips:
+                    meter.update(result.losses, result.num_samples, step)  # names this step and its terms
+                    self._read_meter(meter, epoch, None, start)
                 continue
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(result.losses[TOTAL_LOSS]).backward()
@@ -167,6 +175,8 @@ class Trainer:
         count = max(totals.pop("images"), 1.0)
         metrics = {f"train/{k}": v / count for k, v in totals.items() if k != "skipped"}
         metrics["train/skipped_images"] = int(totals["skipped"])
+        if skip_nonfinite:
+            metrics["train/nonfinite_skipped"] = nonfinite_skipped
         metrics["train/images_per_s"] = count / elapsed if elapsed > 0 else 0.0
         metrics["train/epoch_time_s"] = elapsed
         metrics["lr"] = self.optimizer.param_groups[0]["lr"]
@@ -190,8 +200,12 @@ class Trainer:
         else:
             saved = "No checkpoint exists yet (no epoch finished); lower optim.lr or set optim.clip_grad and start again"
         terms = {name: value for name, value in nonfinite.losses.items() if name != TOTAL_LOSS}
-        raise TrainingError(f"loss is {nonfinite.losses[TOTAL_LOSS]} at epoch {epoch + 1}, step {nonfinite.step}; "
-                            f"terms: {terms}. {saved}")
+        skips = ""
+        if self.recipe.train.nonfinite == "skip":
+            skips = f" (after skipping train.nonfinite_max_skips={self.recipe.train.nonfinite_max_skips} such steps " \
+                    f"this epoch)"
+        raise TrainingError(f"loss is {nonfinite.losses[TOTAL_LOSS]} at epoch {epoch + 1}, step {nonfinite.step}"
+                            f"{skips}; terms: {terms}. {saved}")
 
     def _optimizer_parameters(self) -> list[torch.Tensor]:
         return [p for group in self.optimizer.param_groups for p in group["params"]]
