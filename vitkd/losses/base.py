@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
@@ -93,9 +93,10 @@ class TermContext:
     masks and random samples differ across processes but replay exactly on resume.
     steps_per_epoch: optimizer updates per epoch on this process (0: unknown); terms with schedules counted in
     epochs (DKD's warm-up) convert them to steps with it.
-    dataset_record: the training data's fingerprint (`vitkd.cache.run_identity.dataset_record`: name/split, sample
-    count, hash of the ordered sample keys); terms reading per-sample targets by sample id check their store
-    against it. Empty when the caller has none.
+    dataset_record: returns the training data's fingerprint (`vitkd.cache.run_identity.dataset_record`: name/split,
+    sample count, hash of the ordered sample keys); terms reading per-sample targets by sample id check their store
+    against it. A function, called only by the terms that need it: hashing every sample key takes seconds at
+    ImageNet scale, which other runs need not pay at start-up. None when the caller has no data.
     """
 
     student: nn.Module
@@ -109,7 +110,7 @@ class TermContext:
     seed: int = 0
     img_size: int = 224
     steps_per_epoch: int = 0
-    dataset_record: dict = field(default_factory=dict)
+    dataset_record: Optional[Callable[[], dict]] = None
 
 
 class LossTerm(nn.Module):

@@ -82,11 +82,11 @@ class EmbeddingTerm(LossTerm):
     def __init__(self, context: TermContext, store: str, feature: str = "head_drop", projection: str = "mlp",
                  loss: str = "clip", tau: float = 0.05, gather: bool = False) -> None:
         super().__init__()
-        if not context.dataset_record:
+        if context.dataset_record is None:
             raise ValueError("the embedding loss checks its store against the training data's fingerprint "
                              "(TermContext.dataset_record), which this caller did not give")
         self.store: EmbeddingStore = open_embedding_store(store)
-        self.store.check_dataset(context.dataset_record)
+        self.store.check_dataset(context.dataset_record())
         self.feature = feature
         width = probe_feature_width(context.student, feature, context.img_size)
         self.loss = EmbeddingAlignmentLoss(width, self.store.dim, projection=projection, loss=loss, tau=tau,

@@ -9,6 +9,7 @@ normalisation and size, crop).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Any, Optional
 
@@ -104,7 +105,7 @@ class ClassificationTask(Task):
             label_smoothing=self.recipe.data.label_smoothing, seed=self.recipe.train.seed + self.context.rank,
             img_size=self.recipe.data.img_size,
             steps_per_epoch=updates_per_epoch(self.train_loader, self.recipe.train.max_steps_per_epoch),
-            dataset_record=dataset_record(self.train_dataset, self.recipe.data))
+            dataset_record=functools.partial(dataset_record, self.train_dataset, self.recipe.data))
         self.objective = DistillationObjective(build_loss_terms(self.recipe.losses, context)).to(self.device)
         needs = self.objective.needs
         if needs.uses_teacher and self.teacher is None and not uses_cache:
