@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from vitkd.engine.distributed import DistributedContext, resolve_device
+from vitkd.engine.distributed import DistributedContext, all_processes_agree, resolve_device
 from vitkd.errors import ConfigError
 
 WORLD_SIZE = 2
@@ -52,3 +52,21 @@ def test_device_choice_errors_name_the_option():
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match=r"train\.device=cuda but CUDA is not available here"):
             resolve_device("cuda")
+
+
+def _agree_main(rank, init_file, out_dir):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD_SIZE)
+    try:
+        context = DistributedContext(rank=rank, world_size=WORLD_SIZE)
+        answers = [all_processes_agree(torch.tensor(True), context),
+                   all_processes_agree(torch.tensor(rank == 0), context)]  # only rank 0 says yes
+        torch.save(answers, os.path.join(out_dir, f"agree{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_skip_decision_is_taken_by_every_process_alike(tmp_path):
+    mp.spawn(_agree_main, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD_SIZE, join=True)
+    answers = [torch.load(tmp_path / f"agree{rank}.pt") for rank in range(WORLD_SIZE)]
+    assert answers == [[True, False], [True, False]]
+    assert all_processes_agree(torch.tensor(False), DistributedContext()) is False  # single process: the flag itself

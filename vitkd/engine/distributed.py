@@ -82,6 +82,17 @@ def reduce_sums(values: dict[str, float], context: DistributedContext) -> dict[s
     return {k: float(v) for k, v in zip(keys, tensor.tolist())}
 
 
+def all_processes_agree(flag: torch.Tensor, context: DistributedContext) -> bool:
+    """True when the boolean scalar `flag` is true on every process (the flag itself in a single process).
+
+    For decisions every process must take alike, such as skipping an update: a process that skipped while another
+    ran backward would leave DistributedDataParallel's gradient all-reduce waiting forever."""
+    if context.enabled and dist.is_initialized():
+        flag = flag.to(device=context.device, dtype=torch.int32)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
 def wrap_for_training(module: torch.nn.Module, context: DistributedContext) -> torch.nn.Module:
     """DistributedDataParallel when several processes train, else the module itself.
 

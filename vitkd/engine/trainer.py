@@ -26,7 +26,8 @@ from tqdm import tqdm
 from vitkd.config import Recipe, dump_recipe, recipe_to_dict
 from vitkd.engine.amp import autocast, build_grad_scaler, resolve_amp_dtype
 from vitkd.engine.checkpoint import best_checkpoint_path, last_checkpoint_path, load_checkpoint, save_checkpoint
-from vitkd.engine.distributed import DistributedContext, barrier, reduce_sums, wrap_for_training
+from vitkd.engine.distributed import (DistributedContext, all_processes_agree, barrier, reduce_sums,
+                                      wrap_for_training)
 from vitkd.engine.loss_meter import LossMeter, NonFiniteStep
 from vitkd.engine.metrics_log import MetricsLog
 from vitkd.engine.rng import capture_rng_state, restore_rng_state
@@ -145,7 +146,7 @@ class Trainer:
             skipped += result.skipped
             if result.losses is None:
                 continue
-            if skip_nonfinite and not torch.isfinite(result.losses[TOTAL_LOSS]).item():  # one sync, asked for
+            if skip_nonfinite and not all_processes_agree(torch.isfinite(result.losses[TOTAL_LOSS]), self.context):
                 nonfinite_skipped += 1
                 if nonfinite_skipped > self.recipe.train.nonfinite_max_skips:
                     meter.update(result.losses, result.num_samples, step)  # names this step and its terms
