@@ -115,20 +115,14 @@ def extract_features(model: nn.Module, images: torch.Tensor, layers: Sequence[in
             f"tap its modules by name with hooks=[...] instead")
     raw_indices = resolve_layer_indices(list(layers), depth, who) if layers else []
     normed_indices = resolve_layer_indices(list(normed_layers), depth, who) if normed_layers else []
-    hook_names = list(hooks or [])
-    named = _find_modules(model, hook_names)
     num_prefix = int(getattr(model, "num_prefix_tokens", 0))
     reuse_final = depth is not None and (depth - 1) in normed_indices and _final_is_normed_last_block(model)
     # Blocks whose raw output must be captured: the raw ones, and the normed ones not served by `final`.
     needed = sorted(set(raw_indices) | {i for i in normed_indices if not (reuse_final and i == depth - 1)})
 
-    hooked: dict[str, Any] = {}
     captured: dict[int, torch.Tensor] = {}
-    handles = []
     use_intermediates = bool(needed) and _has_vit_intermediates(model)
-    try:
-        for name, module in named.items():
-            handles.append(module.register_forward_hook(_store_output(hooked, name)))
+    with capture_outputs(model, list(hooks or [])) as hooked:
         if use_intermediates:
             final, intermediates = model.forward_intermediates(
                 images, indices=needed, return_prefix_tokens=num_prefix > 0, norm=False, output_fmt="NLC")
@@ -136,12 +130,12 @@ def extract_features(model: nn.Module, images: torch.Tensor, layers: Sequence[in
             for index, out in zip(needed, intermediates):
                 captured[index] = torch.cat((out[1], out[0]), dim=1) if isinstance(out, tuple) else out
         else:
-            for index in needed:
-                handles.append(blocks[index].register_forward_hook(_store_output(captured, index)))
-            final = model.forward_features(images)
-    finally:
-        for handle in handles:
-            handle.remove()
+            handles = [blocks[index].register_forward_hook(_store_output(captured, index)) for index in needed]
+            try:
+                final = model.forward_features(images)
+            finally:
+                for handle in handles:
+                    handle.remove()
 
     tokens = {index: captured[index] for index in raw_indices}
     normed = {}
@@ -176,9 +170,9 @@ class TappedModel(nn.Module):
 @contextlib.contextmanager
 def capture_outputs(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str, Any]]:
     """Forward hooks on the modules of ``model`` named ``names`` while the block runs; yields the dict they fill
-    (module name -> its output as returned, the last call's when a module runs twice). Unlike ``hooks=`` of
-    ``extract_features``, the hooks stay on around whatever the block runs, e.g. ``forward_head`` as well, so a
-    pre-logits module (timm's ``head_drop``) is captured too. Removed on exit, also when the block raises.
+    (module name -> its output as returned, the last call's when a module runs twice). ``extract_features``' own
+    ``hooks=`` use it around the feature forward only; around a block that also runs ``forward_head`` a pre-logits
+    module (timm's ``head_drop``) is captured too. Removed on exit, also when the block raises.
 
     Raises:
         ValueError: an unknown module name (the message lists close valid names).
