@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -96,3 +97,34 @@ def test_bench_is_always_a_subcommand_and_its_import_errors_surface(monkeypatch,
     monkeypatch.setitem(sys.modules, "vitkd.bench.command", None)  # `import vitkd.bench.command` now fails
     with pytest.raises(ImportError):
         build_parser()
+
+
+def test_sigterm_stops_a_run_with_workers_and_the_resume_finishes_it(tmp_path, tiny_recipe):
+    """A real SIGTERM to a real `vitkd train` with a loader worker: one line saying how to resume, exit 143, a
+    checkpoint of the step reached; the resumed command finishes the run."""
+    import signal
+    import time
+
+    recipe = tiny_recipe()
+    recipe["data"]["num_workers"] = 1
+    recipe["train"].update(epochs=50, log_every=1, max_steps_per_epoch=15)
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(recipe))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    process = subprocess.Popen([sys.executable, "-m", "vitkd", "train", "tiny.yaml"], cwd=tmp_path, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "runs" / "tiny" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.is_file() and metrics.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.2)  # wait for the first finished epoch, so the signal lands inside a later one
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and re.match(r"vitkd train: stopped by SIGTERM after (step \d+ of epoch \d+|epoch \d+); "
+                                        r".*last\.pt holds that point: continue with the same command and --resume",
+                                        lines[0]), err
+    # fewer epochs than planned is an allowed change: the resume finishes the epoch it stopped in (or, stopped past
+    # epoch 3, only evaluates) and writes the summary
+    resumed = _vitkd("train", "tiny.yaml", "--resume", "train.epochs=3", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((tmp_path / "runs" / "tiny" / "summary.json").read_text())["top1"] is not None

@@ -38,7 +38,7 @@ def _set(section, key, value):
      r"student\.name: unknown model 'deit_tiny_patch16_22'.*deit_tiny_patch16_224"),
     (_set("data", "on_corrupt", "ignore"),
      r"data\.on_corrupt: 'ignore' is not a valid choice; valid choices: 'fail', 'skip'"),
-    (_set("train", "log_every", 0), r"train\.log_every must be a positive number of steps, got 0"),
+    (_set("train", "log_every", 0), r"train\.log_every must be > 0, got 0"),
     (lambda raw: raw.__setitem__("task", "detect"), r"task: unknown task 'detect'; valid tasks: classification"),
 ], ids=["unknown key", "wrong type", "missing value", "unknown model", "invalid choice", "log_every", "unknown task"])
 def test_bad_recipe_values_name_the_key_and_what_is_valid(tiny_recipe, change, message):

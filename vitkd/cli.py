@@ -14,7 +14,7 @@ import sys
 from typing import Callable, Optional
 
 from vitkd import __version__
-from vitkd.errors import is_user_error
+from vitkd.errors import ConfigError, TrainingStopped, is_user_error, one_line_message
 from vitkd.shipped_recipes import find_recipe
 
 RECIPE_HELP = ("a YAML recipe file, or the name of a shipped recipe (e.g. demo/vit_plain, imagenet/vitkd_deit_tiny); "
@@ -69,11 +69,18 @@ def _add_eval(subparsers: argparse._SubParsersAction) -> None:
 def _run_eval(args: argparse.Namespace) -> int:
     from vitkd.data.loader import build_eval_loader
     from vitkd.engine.distributed import resolve_device
-    from vitkd.tasks.classification.evaluate import evaluate
+    from vitkd.tasks.classification.evaluate import check_head_matches_classes, evaluate
     from vitkd.models.factory import build_model, load_model_from_path
 
     if args.model:
-        model = build_model(args.model, json.loads(args.model_kwargs), args.weights)
+        try:
+            model_kwargs = json.loads(args.model_kwargs)
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"--model-kwargs {args.model_kwargs!r} is not JSON ({error}); e.g. "
+                              f"--model-kwargs '{{\"img_size\": 32}}'") from None
+        if not isinstance(model_kwargs, dict):
+            raise ConfigError(f"--model-kwargs must be a JSON object of timm kwargs, got {args.model_kwargs!r}")
+        model = build_model(args.model, model_kwargs, args.weights)
         info: dict = {}
     else:
         model, info = load_model_from_path(args.weights)
@@ -82,8 +89,10 @@ def _run_eval(args: argparse.Namespace) -> int:
         raise ValueError("--img-size is required: the weights do not record their input size")
     mean = tuple(info.get("mean", (0.485, 0.456, 0.406)))
     std = tuple(info.get("std", (0.229, 0.224, 0.225)))
+    # the model's own class names (recorded by vitkd exports) label the split, so its labels match the head
     loader = build_eval_loader(args.dataset, args.root, img_size, args.batch_size, mean, std, split=args.split,
-                               crop_pct=info.get("crop_pct", 0.875))
+                               crop_pct=info.get("crop_pct", 0.875), classes=info.get("classes"))
+    check_head_matches_classes(model, loader.dataset, args.weights)
     device = resolve_device(args.device, option="--device")
     metrics = evaluate(model.to(device), loader, device, progress=True)
     print(json.dumps(metrics, indent=2))
@@ -171,21 +180,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def parse_command_line(argv: Optional[list[str]] = None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
+    """(parser, arguments) of a `vitkd ...` command line; exits with status 2 and the usage on a malformed one.
+    Overrides typed after an option (`train r.yaml --resume train.epochs=5`) still belong to the recipe."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if isinstance(getattr(args, "overrides", None), list) and all("=" in a and not a.startswith("-") for a in extra):
+            args.overrides += extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return parser, args
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser, args = parse_command_line(argv)
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
     try:
         return int(args.handler(args) or 0)
+    except TrainingStopped as stopped:
+        print(f"vitkd {args.command}: {stopped}", file=sys.stderr)
+        return 128 + stopped.signal_number
     except KeyboardInterrupt:
         print("vitkd: interrupted; finished epochs are saved, continue with --resume", file=sys.stderr)
         return 130
     except Exception as error:  # noqa: BLE001 - only user errors are turned into one line, the rest re-raised
         if not is_user_error(error) or os.environ.get("VITKD_DEBUG"):
             raise
-        print(f"vitkd {args.command}: error: {error}", file=sys.stderr)
+        print(f"vitkd {args.command}: error: {one_line_message(error)}", file=sys.stderr)
         return 2
 
 

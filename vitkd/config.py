@@ -145,6 +145,8 @@ class TrainConfig:
     `nonfinite`: what a NaN/infinite total loss does: `stop` (training stops naming the step and every term) or
     `skip` (that step makes no update and is counted as `train/nonfinite_skipped`; more than `nonfinite_max_skips`
     in one epoch stops). `skip` reads the loss on the host before every update (one sync per step).
+    `checkpoint_every`: also write `last.pt` inside epochs, every N optimizer steps (an integer) or every N minutes
+    (`"30min"`); `--resume` continues from that exact step. `None`: at the end of each epoch only.
     """
 
     epochs: int = 300
@@ -162,6 +164,7 @@ class TrainConfig:
     log_every: int = 10
     nonfinite: Literal["stop", "skip"] = "stop"
     nonfinite_max_skips: int = 10
+    checkpoint_every: Optional[Union[int, str]] = None
 
 
 @dataclass
@@ -328,6 +331,10 @@ def apply_override(data: dict, keys: list[str], value: Any) -> None:
     for depth, key in enumerate(keys[:-1]):
         node = _child(node, key, keys[: depth + 1], create=True)
     last = keys[-1]
+    if not isinstance(node, (dict, list)):
+        parent = ".".join(keys[:-1])
+        raise ConfigError(f"override {'.'.join(keys)}: {parent} is a value ({node!r}), not a section with keys; "
+                          f"set it with {parent}=VALUE")
     if isinstance(node, list):
         index = _list_index(node, last, keys)
         node[index] = value
@@ -405,7 +412,9 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 
 def check_values(recipe: Recipe) -> None:
-    """Checks beyond types that need no knowledge of models or losses: required pairs of keys, value ranges."""
+    """Checks beyond types that need no model, loss or data: required pairs of keys, value ranges, and the names timm
+    resolves only deep inside training (optimizer, scheduler, interpolation, AutoAugment policy). Each error names the
+    key, the value and what would be valid."""
     if recipe.teacher is not None:
         if not recipe.teacher.name and not recipe.teacher.cache:
             raise ConfigError("teacher.name is required (or teacher.cache, a sparse-logit cache directory)")
@@ -413,17 +422,127 @@ def check_values(recipe: Recipe) -> None:
             raise ConfigError(f"teacher.cache_topk must be a positive integer, got {recipe.teacher.cache_topk}")
     if recipe.data.dataset == "folder" and not recipe.data.root:
         raise ConfigError("data.root is required when data.dataset is 'folder' (a folder with train/ and val/)")
-    for key in ("img_size", "batch_size"):
-        if getattr(recipe.data, key) <= 0:
-            raise ConfigError(f"data.{key} must be positive, got {getattr(recipe.data, key)}")
-    if recipe.data.num_workers < 0:
-        raise ConfigError(f"data.num_workers must be >= 0, got {recipe.data.num_workers}")
-    if recipe.train.epochs <= 0:
-        raise ConfigError(f"train.epochs must be positive, got {recipe.train.epochs}")
-    if recipe.train.nonfinite_max_skips < 0:
-        raise ConfigError(f"train.nonfinite_max_skips must be >= 0, got {recipe.train.nonfinite_max_skips}")
-    if recipe.train.log_every < 1:
-        raise ConfigError(f"train.log_every must be a positive number of steps, got {recipe.train.log_every}")
+    for key, value, low, high, closed_low in _RANGES(recipe):
+        if value is None:
+            continue
+        below = value < low if closed_low else value <= low
+        if below or (high is not None and value > high):
+            bound = f">= {low:g}" if closed_low else f"> {low:g}"
+            expected = f"{bound}{f' and <= {high:g}' if high is not None else ''}"
+            raise ConfigError(f"{key} must be {expected}, got {value:g}")
+    data = recipe.data
+    if data.scale[0] > data.scale[1]:
+        raise ConfigError(f"data.scale is (min, max) of the random-resized-crop area, got {list(data.scale)}")
+    if data.label_smoothing >= 1.0:
+        raise ConfigError(f"data.label_smoothing must be in [0, 1), got {data.label_smoothing:g}")
+    if any(value <= 0 for value in data.std):
+        raise ConfigError(f"data.std must be positive in every channel, got {list(data.std)}")
+    if recipe.optim.min_lr > recipe.optim.lr:
+        raise ConfigError(f"optim.min_lr ({recipe.optim.min_lr:g}) is above optim.lr ({recipe.optim.lr:g})")
+    checkpoint_interval(recipe.train.checkpoint_every)
+    check_library_names(recipe)
+
+
+def checkpoint_interval(value: Optional[Union[int, str]]) -> tuple[Optional[int], Optional[float]]:
+    """`train.checkpoint_every` as (steps, seconds), at most one of them set: 500 -> (500, None), "30min" ->
+    (None, 1800.0), None -> (None, None). Raises `ConfigError` for anything else."""
+    if value is None:
+        return None, None
+    if isinstance(value, int) and value > 0:
+        return value, None
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(?:min|m|minutes?)\s*", str(value))
+    if isinstance(value, str) and match and float(match.group(1)) > 0:
+        return None, float(match.group(1)) * 60.0
+    raise ConfigError(f"train.checkpoint_every must be a positive number of steps (500) or of minutes ('30min'), "
+                      f"got {value!r}")
+
+
+def _RANGES(recipe: Recipe) -> list[tuple[str, Optional[float], float, Optional[float], bool]]:
+    """(key, value, low, high or None, low included?) for every bounded number of a recipe."""
+    data, optim, train = recipe.data, recipe.optim, recipe.train
+    return [
+        ("data.img_size", data.img_size, 0, None, False),
+        ("data.batch_size", data.batch_size, 0, None, False),
+        ("data.eval_batch_size", data.eval_batch_size, 0, None, False),
+        ("data.num_workers", data.num_workers, 0, None, True),
+        ("data.scale[0]", data.scale[0], 0, 1, False),
+        ("data.scale[1]", data.scale[1], 0, 1, False),
+        ("data.hflip", data.hflip, 0, 1, True),
+        ("data.color_jitter", data.color_jitter, 0, None, True),
+        ("data.re_prob", data.re_prob, 0, 1, True),
+        ("data.crop_pct", data.crop_pct, 0, 1, False),
+        ("data.mixup", data.mixup, 0, None, True),
+        ("data.cutmix", data.cutmix, 0, None, True),
+        ("data.mixup_prob", data.mixup_prob, 0, 1, True),
+        ("data.mixup_switch_prob", data.mixup_switch_prob, 0, 1, True),
+        ("data.label_smoothing", data.label_smoothing, 0, None, True),
+        ("optim.lr", optim.lr, 0, None, False),
+        ("optim.weight_decay", optim.weight_decay, 0, None, True),
+        ("optim.momentum", optim.momentum, 0, 1, True),
+        ("optim.clip_grad", optim.clip_grad, 0, None, False),
+        ("optim.warmup_epochs", optim.warmup_epochs, 0, None, True),
+        ("optim.warmup_lr", optim.warmup_lr, 0, None, True),
+        ("optim.min_lr", optim.min_lr, 0, None, True),
+        ("train.epochs", train.epochs, 0, None, False),
+        ("train.ema_decay", train.ema_decay if train.ema else None, 0, 1, False),
+        ("train.max_steps_per_epoch", train.max_steps_per_epoch, 0, None, False),
+        ("train.nonfinite_max_skips", train.nonfinite_max_skips, 0, None, True),
+        ("train.log_every", train.log_every, 0, None, False),
+        ("train.cpu_threads", train.cpu_threads, 0, None, False),
+    ]
+
+
+#: Schedulers `timm.scheduler.create_scheduler_v2` builds.
+SCHEDULERS = ("cosine", "tanh", "step", "multistep", "plateau", "poly", "constant", "wsd", "rsqrt", "none")
+#: `data.interpolation` values timm's transforms take.
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming", "random")
+
+
+def check_library_names(recipe: Recipe) -> None:
+    """Names timm would reject only once training starts (after data and models load), checked now."""
+    from timm.optim import list_optimizers
+
+    optimizers = list_optimizers()
+    opt = recipe.optim.opt.lower()
+    if opt.split("_")[-1] not in optimizers:
+        raise ConfigError(f"optim.opt: unknown optimizer {recipe.optim.opt!r}{_close_to(opt, optimizers)}; timm has "
+                          f"{len(optimizers)}, e.g. adamw, sgd, lamb, lion (timm.optim.list_optimizers())")
+    if opt.startswith(("fused", "bnb")):
+        needs = "NVIDIA apex" if opt.startswith("fused") else "bitsandbytes"
+        raise ConfigError(f"optim.opt={recipe.optim.opt} needs {needs} and a CUDA device, which vitkd does not "
+                          f"install; use its plain form ({opt.removeprefix('fused').removeprefix('bnb')})")
+    if recipe.optim.sched not in SCHEDULERS:
+        raise ConfigError(f"optim.sched: unknown scheduler {recipe.optim.sched!r}"
+                          f"{_close_to(recipe.optim.sched, SCHEDULERS)}; valid: {', '.join(SCHEDULERS)}")
+    if recipe.data.interpolation not in INTERPOLATIONS:
+        raise ConfigError(f"data.interpolation: unknown mode {recipe.data.interpolation!r}; valid: "
+                          f"{', '.join(INTERPOLATIONS)}")
+    policy = recipe.data.auto_augment
+    if policy:
+        try:
+            _build_auto_augment(policy)
+        except Exception as error:  # timm raises AssertionError/KeyError/ValueError for a policy it cannot parse
+            raise ConfigError(f"data.auto_augment: timm cannot parse {policy!r} ({type(error).__name__}: {error}); "
+                              f"valid: a RandAugment string such as rand-m9-mstd0.5-inc1, augmix-m5-w3, an "
+                              f"AutoAugment policy (original, originalr, v0, v0r, 3a), or null") from None
+
+
+def _build_auto_augment(policy: str) -> None:
+    """Parse `policy` the way timm's training transform does (raises on a string timm cannot use)."""
+    from timm.data.auto_augment import augment_and_mix_transform, auto_augment_transform, rand_augment_transform
+
+    hparams = {"translate_const": 100, "img_mean": (124, 116, 104)}
+    if policy.startswith("rand"):
+        rand_augment_transform(policy, hparams)
+    elif policy.startswith("augmix"):
+        augment_and_mix_transform(policy, hparams)
+    else:
+        auto_augment_transform(policy, hparams)
+
+
+def _close_to(name: str, choices) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def recipe_to_dict(recipe: Recipe) -> dict:

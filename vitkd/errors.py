@@ -26,6 +26,17 @@ class TrainingError(RuntimeError):
     """Training cannot go on (a non-finite loss...); finished epochs stay saved in the run directory."""
 
 
+class TrainingStopped(Exception):
+    """Training stopped on request (SIGTERM, SIGINT) after writing a checkpoint of its last step.
+
+    Attributes: signal_number, checkpoint (the path written)."""
+
+    def __init__(self, message: str, signal_number: int, checkpoint: str) -> None:
+        super().__init__(message)
+        self.signal_number = signal_number
+        self.checkpoint = checkpoint
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # the sparse teacher-logit cache (`vitkd.cache`): every error names the file (and where it applies the epoch and
 # sample ids) and what was expected, so a failing run can be traced to the exact bytes on disk
@@ -127,3 +138,15 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, O
 def is_user_error(error: BaseException) -> bool:
     """True for bad input (see `USER_ERRORS`), False for anything that should keep its traceback."""
     return isinstance(error, USER_ERRORS)
+
+
+def one_line_message(error: BaseException) -> str:
+    """The error's message on one line. An error re-raised from a data-loader worker carries the worker's whole
+    traceback ("Caught X in DataLoader worker process 0. Original Traceback ..."): its last line, the original
+    message, is kept without the class-name prefix."""
+    text = str(error)
+    if "Original Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        prefix = f"{type(error).__module__}.{type(error).__name__}: "
+        text = last[len(prefix):] if last.startswith(prefix) else last.partition(": ")[2] or last
+    return " ".join(text.split())

@@ -44,6 +44,17 @@ def atomic_write(path: str | os.PathLike, content: Content, *, durable: bool = F
     return path
 
 
+def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files (`.NAME.*.tmp`) that an `atomic_write` killed mid-write left under `directory`
+    (a kill by SIGKILL or power loss skips its clean-up). Returns what was removed."""
+    removed = []
+    for candidate in Path(directory).rglob(".*.tmp"):
+        if candidate.is_file():
+            candidate.unlink()
+            removed.append(candidate)
+    return removed
+
+
 def fsync_directory(directory: str | os.PathLike) -> None:
     """Make a rename inside `directory` durable where the platform allows it (no-op elsewhere)."""
     try:

@@ -7,7 +7,9 @@ from PIL import Image
 
 from vitkd.config import DataConfig
 from vitkd.data import (CorruptImageError, DigitsDataset, ImageFolderDataset, build_base_dataset, build_eval_loader,
-                        build_train_dataset, build_train_loader, collate_skipping_corrupt)
+                        build_train_dataset, build_train_loader, build_val_dataset, collate_skipping_corrupt)
+from vitkd.data.folder import SkippedImage
+from vitkd.errors import ConfigError
 
 
 def test_digits_split_is_fixed_stratified_and_real():
@@ -67,10 +69,11 @@ def test_missing_folders_are_named(tmp_path):
         ImageFolderDataset(tmp_path, "val")
 
 
-def test_collate_drops_none_items():
+def test_collate_drops_skipped_images_and_keeps_their_paths():
     item = (torch.zeros(3, 4, 4), 1, 7, 123)
-    batch = collate_skipping_corrupt([item, None, item])
-    assert batch.images.shape == (2, 3, 4, 4) and batch.skipped == 1
+    skipped = SkippedImage("train/dog/broken.jpg", "cannot identify image file")
+    batch = collate_skipping_corrupt([item, skipped, item])
+    assert batch.images.shape == (2, 3, 4, 4) and batch.skipped == 1 and batch.skipped_images == (skipped,)
     assert batch.sample_ids.tolist() == [7, 7] and batch.seeds.tolist() == [123, 123]
 
 
@@ -85,3 +88,78 @@ def test_eval_loader_on_digits_is_normalised():
 def test_unknown_dataset_name():
     with pytest.raises(ValueError, match=r"unknown dataset 'cifar'; valid datasets: 'digits', 'folder'"):
         build_base_dataset("cifar", "train")
+
+
+def _images(folder, count=2, colour=(90, 90, 90)):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        Image.new("RGB", (8, 8), colour).save(folder / f"{i}.png")
+
+
+def test_every_split_uses_the_training_splits_classes(tmp_path):
+    """A class missing from val used to shift every later label down by one: now labels follow the train split."""
+    for name in ("ant", "bee", "cat"):
+        _images(tmp_path / "train" / name)
+    for name in ("ant", "cat"):  # no bee in val
+        _images(tmp_path / "val" / name)
+    cfg = DataConfig(dataset="folder", root=str(tmp_path), img_size=8)
+    train = build_train_dataset(cfg, seed=0)
+    val = build_val_dataset(cfg, train.base.classes)
+    assert val.base.classes == ["ant", "bee", "cat"] and val.base.missing_classes == ["bee"]
+    assert sorted({label for _, label in val.base.samples}) == [0, 2]  # cat keeps label 2, as in train
+    # the split read on its own would have labelled cat 1: the shared mapping is what makes it right
+    assert sorted({label for _, label in ImageFolderDataset(tmp_path, "val").samples}) == [0, 1]
+
+
+def test_a_class_only_another_split_has_is_refused(tmp_path):
+    for name in ("ant", "bee"):
+        _images(tmp_path / "train" / name)
+    for name in ("ant", "bee", "wasp"):
+        _images(tmp_path / "val" / name)
+    with pytest.raises(ConfigError, match=r"val has class folders the training split does not have: wasp; .*2 classes "
+                                          r"\(ant, bee\)"):
+        ImageFolderDataset(tmp_path, "val", classes=["ant", "bee"])
+
+
+def test_class_order_is_timms_natural_order(tmp_path):
+    for name in ("10", "2", "1"):
+        _images(tmp_path / "train" / name, count=1)
+    assert ImageFolderDataset(tmp_path, "train").classes == ["1", "2", "10"]
+
+
+@pytest.mark.parametrize("layout, message", [
+    ("empty_class", r"class folder\(s\) without images in .*train: bee"),
+    ("only_text_files", r"class folder\(s\) without images in .*train: bee"),
+    ("image_in_split_root", r"1 image\(s\) under .*train are not in a class folder .*stray\.png"),
+    ("nested_folder", r"1 image\(s\) under .*train are not in a class folder .*ant/sub/0\.png"),
+    ("empty_split", r"no images found under .*train"),
+])
+def test_folder_layout_errors_are_named(tmp_path, layout, message):
+    if layout != "empty_split":
+        _images(tmp_path / "train" / "ant")
+    (tmp_path / "train" / "bee").mkdir(parents=True)
+    if layout == "only_text_files":
+        (tmp_path / "train" / "bee" / "notes.txt").write_text("not an image")
+    elif layout == "image_in_split_root":
+        Image.new("RGB", (8, 8)).save(tmp_path / "train" / "stray.png")
+    elif layout == "nested_folder":
+        _images(tmp_path / "train" / "ant" / "sub", count=1)
+        _images(tmp_path / "train" / "bee", count=1)
+    with pytest.raises((ConfigError, FileNotFoundError), match=message):
+        ImageFolderDataset(tmp_path, "train")
+
+
+def test_other_image_extensions_are_read(tmp_path):
+    folder = tmp_path / "train" / "ant"
+    folder.mkdir(parents=True)
+    for extension in ("bmp", "gif", "tif", "webp"):
+        Image.new("RGB", (8, 8), (10, 20, 30)).save(folder / f"x.{extension}")
+    dataset = ImageFolderDataset(tmp_path, "train")
+    assert len(dataset) == 4 and all(dataset[i][0].mode == "RGB" for i in range(4))
+
+
+def test_digits_refuses_an_unknown_split():
+    with pytest.raises(ConfigError, match=r"the digits dataset has no split 'test'; its splits are train, val"):
+        build_base_dataset("digits", "test")
+    with pytest.raises(ConfigError, match=r"needs its root folder: data\.root .* --root"):
+        build_base_dataset("folder", "val")

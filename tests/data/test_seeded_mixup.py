@@ -1,5 +1,7 @@
 """Seeded Mixup/CutMix: every choice comes from the batch's seeds, and batches (hence mixed images) replay exactly."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -85,9 +87,11 @@ def test_probability_zero_and_single_sample_batches_leave_images_alone():
 def test_build_mixup_is_off_by_default_and_names_bad_settings(tiny_recipe):
     recipe = load_recipe(raw=tiny_recipe())
     assert build_mixup(recipe.data, 10) is None
-    bad = load_recipe(raw=tiny_recipe(data=dict(tiny_recipe()["data"], mixup=0.8, mixup_prob=1.5)))
+    with pytest.raises(ConfigError, match=r"data\.mixup_prob must be >= 0 and <= 1, got 1\.5"):  # at validation
+        load_recipe(raw=tiny_recipe(data=dict(tiny_recipe()["data"], mixup=0.8, mixup_prob=1.5)))
+    unchecked = dataclasses.replace(recipe.data, mixup=0.8, mixup_prob=1.5)  # built without the recipe checks
     with pytest.raises(ConfigError, match=r"prob must be in \[0, 1\]"):
-        build_mixup(bad.data, 10)
+        build_mixup(unchecked, 10)
 
 
 @pytest.mark.parametrize("world_size", [1, 2, 3])

@@ -70,3 +70,64 @@ def test_a_skip_decision_is_taken_by_every_process_alike(tmp_path):
     answers = [torch.load(tmp_path / f"agree{rank}.pt") for rank in range(WORLD_SIZE)]
     assert answers == [[True, False], [True, False]]
     assert all_processes_agree(torch.tensor(False), DistributedContext()) is False  # single process: the flag itself
+
+
+class _Killed(BaseException):
+    pass
+
+
+def _fit_main(rank, init_file, recipe_raw, resume, kill_at_step):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD_SIZE)
+    try:
+        from vitkd.config import load_recipe
+        from vitkd.tasks.classification.task import ClassificationTask
+        from vitkd.training import build_trainer
+
+        if kill_at_step:
+            original, calls = ClassificationTask.training_step, {"n": 0}
+
+            def step(self, trainable, batch, epoch):
+                calls["n"] += 1
+                if calls["n"] == kill_at_step:
+                    raise _Killed()
+                return original(self, trainable, batch, epoch)
+
+            ClassificationTask.training_step = step
+        trainer = build_trainer(load_recipe(raw=recipe_raw), resume=resume,
+                                context=DistributedContext(rank=rank, world_size=WORLD_SIZE))
+        try:
+            trainer.fit()
+        except _Killed:
+            pass
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_processes_resume_from_a_mid_epoch_checkpoint_exactly(tiny_recipe, tmp_path):
+    """Each process's RNG stream (drop path) and the epoch's loss sums come back; the resumed 2-process run ends
+    with bitwise the uninterrupted one's weights and metrics."""
+    def recipe(name):
+        raw = tiny_recipe(name=name, data=dict(tiny_recipe()["data"], mixup=0.8))
+        raw["student"]["kwargs"]["drop_path_rate"] = 0.1
+        raw["train"].update(epochs=2, max_steps_per_epoch=4, checkpoint_every=2)
+        return raw
+
+    mp.spawn(_fit_main, args=(str(tmp_path / "init_a"), recipe("straight"), False, 0), nprocs=WORLD_SIZE, join=True)
+    mp.spawn(_fit_main, args=(str(tmp_path / "init_b"), recipe("killed"), False, 4 + 4), nprocs=WORLD_SIZE, join=True)
+    from vitkd.engine.checkpoint import load_checkpoint
+
+    runs = tmp_path / "runs"
+    assert load_checkpoint(runs / "killed" / "checkpoints" / "last.pt")["partial_epoch"]["step"] == 2
+    mp.spawn(_fit_main, args=(str(tmp_path / "init_c"), recipe("killed"), True, 0), nprocs=WORLD_SIZE, join=True)
+    a, b = (load_checkpoint(runs / name / "checkpoints" / "last.pt") for name in ("straight", "killed"))
+    assert len(a["rng_per_rank"]) == WORLD_SIZE
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    import json
+
+    def metrics(name):
+        return [{k: v for k, v in json.loads(line).items() if k not in ("train/images_per_s", "train/epoch_time_s")}
+                for line in (runs / name / "metrics.jsonl").read_text().splitlines()]
+
+    assert metrics("straight") == metrics("killed")

@@ -37,7 +37,8 @@ class RegressionTask(Task):
         self.trainable = self.model
         self.exports = 0
 
-    def set_epoch(self, epoch):
+    def set_epoch(self, epoch, first_step=0):
+        assert first_step == 0, "the toy task is never resumed inside an epoch"
         self.sampler.set_epoch(epoch)
         self.step = -1  # counted in training_step
 

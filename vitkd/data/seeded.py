@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from vitkd.data.folder import SkippedImage
+
 
 def augmentation_seed(base_seed: int, epoch: int, sample_id: int) -> int:
     """A 31-bit seed unique to (base_seed, epoch, sample_id)."""
@@ -45,8 +47,8 @@ def seeded_rng(seed: int) -> Iterator[None]:
 class SeededAugmentDataset(Dataset):
     """Applies `transform` to `base[i]` under the seed of (base_seed, epoch, i).
 
-    Items: (image (3, H, W) float tensor, label int, sample id int, seed int), or None when the base dataset skipped
-    a corrupt image. Call `set_epoch(epoch)` before each epoch.
+    Items: (image (3, H, W) float tensor, label int, sample id int, seed int), or the base dataset's `SkippedImage`
+    for an unreadable image. Call `set_epoch(epoch)` before each epoch.
 
     `teacher_input(epoch, sample_id)` returns the exact image a teacher saw for a sample (what `vitkd cache-logits`
     fed it and what training with `teacher.cache` trains on), Mixup/CutMix included once `use_batch_replay` has
@@ -72,8 +74,8 @@ class SeededAugmentDataset(Dataset):
     def replay(self, epoch: int, sample_id: int, seed: Optional[int] = None) -> torch.Tensor:
         """The exact augmented image (3, H, W) of `sample_id` at `epoch` (or under an explicit stored seed)."""
         item = self.base[sample_id]
-        if item is None:
-            raise ValueError(f"sample {sample_id} is a corrupt image and was skipped")
+        if isinstance(item, SkippedImage):
+            raise ValueError(f"sample {sample_id} ({item.path}) is unreadable and was skipped: {item.reason}")
         with seeded_rng(self.seed_for(epoch, sample_id) if seed is None else seed):
             return self.transform(item[0])
 
@@ -82,10 +84,10 @@ class SeededAugmentDataset(Dataset):
 
     def item_at(self, epoch: int, index: int):
         """The item of sample `index` at `epoch`, whatever `self.epoch` is: (image (3, H, W), label, index, seed) or
-        None for a skipped corrupt image."""
+        the base dataset's `SkippedImage` for an unreadable one."""
         item = self.base[index]
-        if item is None:
-            return None
+        if isinstance(item, SkippedImage):
+            return item
         image, label = item
         seed = self.seed_for(epoch, index)
         with seeded_rng(seed):
@@ -114,7 +116,7 @@ class SeededAugmentDataset(Dataset):
 
 
 class TransformDataset(Dataset):
-    """Deterministic (eval) transform. Items: (image tensor, label, sample id, 0) or None for a skipped image."""
+    """Deterministic (eval) transform. Items: (image tensor, label, sample id, 0) or a `SkippedImage`."""
 
     def __init__(self, base: Dataset, transform: Callable) -> None:
         self.base = base
@@ -125,7 +127,7 @@ class TransformDataset(Dataset):
 
     def __getitem__(self, index: int):
         item = self.base[index]
-        if item is None:
-            return None
+        if isinstance(item, SkippedImage):
+            return item
         image, label = item
         return self.transform(image), label, index, 0

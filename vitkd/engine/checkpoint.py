@@ -17,7 +17,7 @@ from torch import nn
 from vitkd import __version__
 from vitkd.errors import ConfigError
 from vitkd.files import atomic_write
-from vitkd.models.factory import EXPORT_INFO, EXPORT_WEIGHTS
+from vitkd.models.factory import EXPORT_INFO, EXPORT_WEIGHTS, load_torch_file
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
@@ -29,10 +29,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ValueError(f"cannot read checkpoint {path} safely (weights_only=True): {error}") from None
+    return load_torch_file(path)
 
 
 def export_student(model: nn.Module, out_dir: Path, model_name: str, model_kwargs: dict,
@@ -67,3 +64,39 @@ def check_run_directory(run_dir: Path, resume: bool) -> None:
                           f"or choose another name (name=...) so finished work is not overwritten")
     if resume and not last.exists():
         raise ConfigError(f"--resume: no checkpoint at {last} to resume from")
+
+
+def check_output_space(run_dir: Path, checkpoint_bytes: int, key: str = "train.output_dir") -> None:
+    """Before training: the run directory can be created and written, and its disk has room for the checkpoints.
+
+    A run keeps `last.pt` and `best.pt` and, while one is replaced, its temporary copy: three checkpoints of
+    `checkpoint_bytes` (an estimate from the parameter count) must fit. Raises `ConfigError` naming `key`."""
+    import errno
+    import shutil
+    import tempfile
+
+    run_dir = Path(run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=run_dir, prefix=".write-check.", suffix=".tmp"):
+            pass
+    except OSError as error:
+        reason = "it is read-only or not yours" if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else \
+            error.strerror or str(error)
+        raise ConfigError(f"{key}: cannot write the run directory {run_dir} ({reason}); choose a writable "
+                          f"{key}") from None
+    free = shutil.disk_usage(run_dir).free
+    needed = 3 * checkpoint_bytes
+    if free < needed:
+        raise ConfigError(f"{key}: {run_dir} has {free / 2**20:.0f} MiB free but this run's checkpoints need about "
+                          f"{needed / 2**20:.0f} MiB (last, best and a temporary copy of "
+                          f"{checkpoint_bytes / 2**20:.0f} MiB each); free space or choose another {key}")
+
+
+def estimate_checkpoint_bytes(model: nn.Module, trainable: nn.Module, optimizer_states: int, ema: bool) -> int:
+    """Bytes of a training checkpoint: the model (and its EMA copy), the trainable parameters' optimizer states."""
+    def size(module: nn.Module) -> int:
+        return sum(t.numel() * t.element_size() for t in module.state_dict().values())
+
+    trainable_bytes = sum(p.numel() * p.element_size() for p in trainable.parameters() if p.requires_grad)
+    return size(model) * (2 if ema else 1) + trainable_bytes * optimizer_states

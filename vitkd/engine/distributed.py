@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -91,6 +92,23 @@ def all_processes_agree(flag: torch.Tensor, context: DistributedContext) -> bool
         flag = flag.to(device=context.device, dtype=torch.int32)
         dist.all_reduce(flag, op=dist.ReduceOp.MIN)
     return bool(flag.item())
+
+
+def gather_objects(value: Any, context: DistributedContext) -> list[Any]:
+    """`value` of every process in rank order (`[value]` in a single process); every process must call it."""
+    if not (context.enabled and dist.is_initialized()):
+        return [value]
+    gathered: list[Any] = [None] * context.world_size
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
+def reduce_flags(flags: torch.Tensor, context: DistributedContext) -> torch.Tensor:
+    """Element-wise logical OR of an int32 flag vector over processes (the flags themselves in one process)."""
+    if context.enabled and dist.is_initialized():
+        flags = flags.to(device=context.device, dtype=torch.int32)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    return flags.cpu()
 
 
 def wrap_for_training(module: torch.nn.Module, context: DistributedContext) -> torch.nn.Module:

@@ -54,6 +54,22 @@ class LossMeter:
         self.first_bad_step = torch.where(record, torch.full_like(self.first_bad_step, step), self.first_bad_step)
         self.first_bad_values = torch.where(record, values, self.first_bad_values)
 
+    def state_dict(self, sums: dict[str, float], samples: int) -> dict:
+        """The partial epoch for a mid-epoch checkpoint, from sums already read (and reduced over processes), in
+        this meter's order of names (the order every step logs them in)."""
+        return {"names": list(self.names), "sums": [float(sums[name]) for name in self.names],
+                "samples": int(samples)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue a partial epoch: its sums and sample count (a fresh meter; the first non-finite step is unset,
+        since a checkpoint is only written after a read found none)."""
+        if not state["names"]:
+            return
+        self.names = list(state["names"])
+        self.sums = torch.tensor(state["sums"], dtype=torch.float64, device=self.device)
+        self.first_bad_values = torch.zeros_like(self.sums)
+        self.samples = int(state["samples"])
+
     def read(self) -> tuple[dict[str, float], int, Optional[NonFiniteStep]]:
         if self.sums is None:
             return {}, 0, None

@@ -23,10 +23,12 @@ class MetricsLog:
             self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
 
     def truncate_after(self, epoch: int) -> None:
-        """On resume, drop lines of epochs after the checkpoint (they will be run again)."""
+        """On resume, drop lines of epochs after the checkpoint (they will be run again), and a torn last line that
+        a kill during its append left."""
         if not (self.enabled and self.path.is_file()):
             return
-        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["epoch"] <= epoch]
+        kept = [line for line in self.path.read_text().splitlines() if _epoch_of(line) is not None
+                and _epoch_of(line) <= epoch]
         atomic_write(self.path, "".join(line + "\n" for line in kept))
 
     def write(self, record: dict[str, Any]) -> None:
@@ -44,3 +46,11 @@ class MetricsLog:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def _epoch_of(line: str) -> Optional[int]:
+    """The epoch of a metrics line, None for a line that is not a whole JSON record."""
+    try:
+        return int(json.loads(line)["epoch"])
+    except (ValueError, KeyError, TypeError):
+        return None

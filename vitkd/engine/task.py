@@ -66,8 +66,10 @@ class Task:
         return it with defaults resolved (idempotent). Raises `ConfigError` naming the key."""
         return recipe
 
-    def set_epoch(self, epoch: int) -> None:
-        """Prepare the data of training epoch `epoch` (sampler order, augmentation seeds)."""
+    def set_epoch(self, epoch: int, first_step: int = 0) -> None:
+        """Prepare the data of training epoch `epoch` (sampler order, augmentation seeds). The loader's next pass
+        starts at batch `first_step` of the epoch, the batches before it left out (a run resumed from a mid-epoch
+        checkpoint continues there); they must be the same batches a full pass would give from that point."""
         raise NotImplementedError
 
     def training_step(self, trainable: nn.Module, batch: Any, epoch: int) -> StepResult:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import difflib
 import json
+import pickle
+import re
 from pathlib import Path
 from typing import Any, Optional
 
@@ -43,6 +45,25 @@ def kwargs_with_classes(model_kwargs: dict, num_classes: int, path: str) -> dict
     return kwargs
 
 
+def check_input_size(model: nn.Module, img_size: int, path: str) -> None:
+    """Refuse an input size a patch-embedding model was not built for (timm would fail at the first forward).
+
+    Args:
+        model: a timm model; only models with a `patch_embed` that insists on its size (ViT, DeiT, ... without
+            `dynamic_img_size`) are checked.
+        img_size: the side of the square inputs it will get (`data.img_size`).
+        path: the recipe section that builds the model (`student`, `teacher`), named in the error.
+    """
+    patch_embed = getattr(model, "patch_embed", None)
+    if patch_embed is None or not getattr(patch_embed, "strict_img_size", False):
+        return
+    built = tuple(getattr(patch_embed, "img_size", None) or ())
+    if built and built != (img_size, img_size):
+        raise ConfigError(f"{path}: the model was built for {built[0]}x{built[1]} inputs but data.img_size is "
+                          f"{img_size}; set {path}.kwargs.img_size: {img_size} (or {path}.kwargs.dynamic_img_size: "
+                          f"true)")
+
+
 def build_model(name: str, model_kwargs: Optional[dict] = None, checkpoint: Optional[str] = None) -> nn.Module:
     """Create a timm model with `pretrained=False`, then load local weights from `checkpoint` when given."""
     check_model_name(name)
@@ -50,8 +71,9 @@ def build_model(name: str, model_kwargs: Optional[dict] = None, checkpoint: Opti
     model_kwargs.pop("pretrained", None)
     try:
         model = timm.create_model(name, pretrained=False, **model_kwargs)
-    except TypeError as error:
-        raise ConfigError(f"model '{name}' rejected its kwargs {model_kwargs}: {error}") from None
+    except (TypeError, ValueError, AssertionError, KeyError) as error:  # what timm's constructors raise on bad kwargs
+        raise ConfigError(f"model '{name}' rejected its kwargs {model_kwargs}: {type(error).__name__}: "
+                          f"{error}") from None
     if checkpoint:
         load_weights(model, checkpoint, name)
     return model
@@ -72,6 +94,23 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return path
 
 
+def load_torch_file(path: Path) -> Any:
+    """`torch.load(path, weights_only=True)` on the CPU; a file that is not a checkpoint, or one holding Python
+    objects besides tensors (which vitkd never unpickles), fails with one line saying which."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        what = f" (it stores {found.group(1)})" if found else ""
+        raise CheckpointError(f"{path} holds Python objects besides tensors{what}, which vitkd does not unpickle; "
+                              f"where you trust the file, re-save its weights with torch.save(model.state_dict(), "
+                              f"PATH)") from None
+    except Exception as error:  # torch raises KeyError, EOFError, RuntimeError... for files it cannot parse
+        detail = " ".join(str(error).split())[:120] or type(error).__name__
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint ({type(error).__name__}: {detail}); expected a "
+                              f"file written by torch.save, or a .safetensors file") from None
+
+
 def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read (state_dict, metadata) from a .safetensors file or a torch checkpoint, never unpickling objects."""
     path = resolve_checkpoint(path)
@@ -86,10 +125,7 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         except Exception as error:  # safetensors raises several error types for damaged files
             raise CheckpointError(f"cannot read {path} as safetensors: {error}") from None
         return state_dict, metadata
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise CheckpointError(f"cannot read checkpoint {path} safely (weights_only=True): {error}") from None
+    payload = load_torch_file(path)
     if isinstance(payload, dict) and "model" in payload and isinstance(payload["model"], dict):
         metadata = {k: payload[k] for k in ("model_name", "model_kwargs") if k in payload}
         return payload["model"], metadata

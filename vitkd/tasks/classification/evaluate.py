@@ -10,8 +10,21 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from vitkd.data.loader import num_classes_of
 from vitkd.engine.amp import autocast
 from vitkd.engine.distributed import DistributedContext, reduce_sums
+from vitkd.errors import ClassCountMismatchError
+
+
+def check_head_matches_classes(model: nn.Module, dataset, weights: str) -> None:
+    """Refuse to evaluate a model whose classifier head has another class count than the dataset (a head with more
+    classes would otherwise score silently). Models without a `num_classes` attribute are checked per batch."""
+    head = getattr(model, "num_classes", None)
+    classes = num_classes_of(dataset)
+    if head is not None and int(head) != classes:
+        raise ClassCountMismatchError(f"{weights}: the model's head has {head} classes but the dataset has "
+                                      f"{classes}; evaluate it on the data it was trained for (or pass the matching "
+                                      f"--dataset/--root/--split)")
 
 
 @torch.inference_mode()

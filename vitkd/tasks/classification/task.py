@@ -15,11 +15,12 @@ from typing import Any, Optional
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from vitkd.cache.run_identity import dataset_record
 from vitkd.config import Recipe
 from vitkd.data.loader import (Batch, build_train_dataset, build_train_loader, build_val_dataset, build_val_loader,
-                               num_classes_of)
+                               classes_of, num_classes_of)
 from vitkd.data.mixup import build_mixup
 from vitkd.data.replay import BatchReplay
 from vitkd.engine.checkpoint import export_student
@@ -29,7 +30,7 @@ from vitkd.errors import ConfigError
 from vitkd.losses.base import TermContext
 from vitkd.losses.inputs import Targets
 from vitkd.losses.registry import build_loss_terms, resolve_loss_terms
-from vitkd.models.factory import build_model, check_model_name, describe_model, kwargs_with_classes
+from vitkd.models.factory import build_model, check_input_size, check_model_name, describe_model, kwargs_with_classes
 from vitkd.models.teacher import FrozenTeacher, build_frozen_teacher, student_normalization
 from vitkd.tasks.classification.cached_teacher import open_cached_teacher
 from vitkd.tasks.classification.evaluate import evaluate
@@ -75,8 +76,15 @@ class ClassificationTask(Task):
     def _build_data(self) -> None:
         config, seed, context = self.recipe.data, self.recipe.train.seed, self.context
         self.train_dataset = build_train_dataset(config, seed)
-        self.val_dataset = build_val_dataset(config)
+        self.classes = classes_of(self.train_dataset)  # one mapping for every split, stored in the export
+        self.val_dataset = build_val_dataset(config, self.classes)
         self.num_classes = num_classes_of(self.train_dataset)
+        missing = getattr(self.val_dataset.base, "missing_classes", [])
+        if missing and context.is_main:
+            tqdm.write(f"[{self.recipe.name}] note: the {config.val_split} split has no images of {len(missing)} "
+                       f"class(es): {', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}; its top-1 is "
+                       f"over the other classes")
+        self.reported_skips: set[str] = set()
         self.train_loader = build_train_loader(self.train_dataset, config, seed, context.rank, context.world_size)
         self.val_loader = build_val_loader(self.val_dataset, config.eval_batch_size or config.batch_size,
                                            config.num_workers, context.rank, context.world_size)
@@ -89,11 +97,13 @@ class ClassificationTask(Task):
         student = self.recipe.student
         self.student_kwargs = kwargs_with_classes(student.kwargs, self.num_classes, "student.kwargs")
         self.student = build_model(student.name, self.student_kwargs, student.checkpoint)
+        check_input_size(self.student, self.recipe.data.img_size, "student")
         self.student_mean, self.student_std = student_normalization(self.recipe)
         self.teacher: FrozenTeacher | None = None
         teacher = self.recipe.teacher
         if teacher is not None and teacher.name and not teacher.cache:
             self.teacher = build_frozen_teacher(self.recipe, self.num_classes).to(self.device)
+            check_input_size(self.teacher.model, self.recipe.data.img_size, "teacher")
 
     def _build_objective(self) -> None:
         uses_cache = bool(self.recipe.teacher and self.recipe.teacher.cache)
@@ -137,12 +147,14 @@ class ClassificationTask(Task):
     # ----------------------------------------------------------------------------------------------------------------
     # the Task contract
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, first_step: int = 0) -> None:
         data_epoch = self.teacher_source.data_epoch(epoch)  # a cycled cache replays its cached epoch's images
         self.train_dataset.set_epoch(data_epoch)
         self.train_loader.sampler.set_epoch(data_epoch)
+        self.train_loader.sampler.start_at(first_step * self.train_loader.batch_size)
 
     def training_step(self, trainable: nn.Module, batch: Batch, epoch: int) -> StepResult:
+        self._report_skipped_images(batch)
         if batch.images.numel() == 0:
             return StepResult(losses=None, num_samples=0, skipped=batch.skipped)
         images = batch.images.to(self.device, non_blocking=True)  # (B, 3, H, W)
@@ -156,6 +168,13 @@ class ClassificationTask(Task):
         total, logged = trainable(images, teacher_outputs, targets)
         return StepResult(losses={TOTAL_LOSS: total, **logged}, num_samples=labels.shape[0], skipped=batch.skipped)
 
+    def _report_skipped_images(self, batch: Batch) -> None:
+        """One line per unreadable image the loader skipped (`data.on_corrupt: skip`), the first time it is met."""
+        for skipped in batch.skipped_images:
+            if skipped.path not in self.reported_skips:
+                self.reported_skips.add(skipped.path)
+                tqdm.write(f"[{self.recipe.name}] data.on_corrupt=skip: skipped {skipped.path} ({skipped.reason})")
+
     def evaluate(self, model: nn.Module, amp_dtype: Optional[torch.dtype]) -> dict[str, float]:
         metrics = evaluate(model, self.val_loader, self.device, amp_dtype, self.context)
         metrics.pop("images")
@@ -166,7 +185,8 @@ class ClassificationTask(Task):
 
     def export(self, model: nn.Module, out_dir: Path) -> None:
         export_student(model, out_dir, self.recipe.student.name, self.student_kwargs,
-                       extra_info={"num_classes": self.num_classes, "mean": list(self.student_mean),
+                       extra_info={"num_classes": self.num_classes, "classes": self.classes,
+                                   "mean": list(self.student_mean),
                                    "std": list(self.student_std), "img_size": self.recipe.data.img_size,
                                    "crop_pct": self.recipe.data.crop_pct})
 
