@@ -2,7 +2,7 @@
 traceback, and nothing finished lost. Each case runs `vitkd ...` in-process as a user would type it.
 
 Cases: recipe values (checked before data or models load), dataset folders, images, checkpoints and weights
-files, evaluation, caches, runs. `test_the_suite_tries_enough_cases` counts them (the README states the number).
+files, evaluation, caches, runs. `test_the_suite_tries_as_many_cases_as_the_readme_says` keeps the README's count true.
 """
 
 from __future__ import annotations
@@ -263,7 +263,8 @@ def test_eval_and_run_errors_lose_nothing(trained_run, capsys):
          r"split .*val has class folders the training split does not have: ant, bee"),
         (("eval", str(run / "export" / "student.safetensors"), "--dataset", "folder", "--root", str(folder),
           "--img-size", "16", "--model", "vit_tiny_patch16_224", "--model-kwargs",
-          json.dumps({"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2, "num_classes": 10})),
+          json.dumps({"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2,
+                      "num_classes": 10})),
          "eval", r"the model's head has 10 classes but the dataset has 2"),
         (("eval", str(run), "--model", "vit_tiny_patch16_224", "--model-kwargs", "{bad"), "eval",
          r"--model-kwargs '\{bad' is not JSON"),
@@ -275,6 +276,7 @@ def test_eval_and_run_errors_lose_nothing(trained_run, capsys):
         (("cache-info", str(run)), "cache-info", r"no manifest\.json in .*not a vitkd logit cache"),
         (("train", "missing.yaml"), "train", r"missing\.yaml"),
     ]
+    assert len(cases) == EVAL_AND_RUN_CASES
     for argv, command, pattern in cases:
         code, err = _run(capsys, *argv)
         _assert_one_line_error(code, err, command, pattern)
@@ -293,6 +295,13 @@ def test_a_full_disk_is_named_before_training(workdir, capsys, monkeypatch):
     assert not (workdir / "runs" / "tiny" / "checkpoints").exists()
 
 
-def test_the_suite_tries_enough_cases():
-    """The README states this count; keep them in step."""
-    assert len(RECIPE_CASES) + len(FOLDER_CASES) + len(WEIGHTS_CASES) + 11 + 1 >= 80
+EVAL_AND_RUN_CASES = 11  # the cases of test_eval_and_run_errors_lose_nothing
+OTHER_CASES = 2  # test_a_full_disk_is_named_before_training, test_skipped_images_are_named_once
+
+
+def test_the_suite_tries_as_many_cases_as_the_readme_says():
+    stated = re.search(r"`tests/test_bad_input\.py` feeds (\d+) such inputs",
+                       (Path(__file__).resolve().parents[1] / "README.md").read_text())
+    assert stated, "the README no longer states how many bad inputs the suite tries"
+    tried = len(RECIPE_CASES) + len(FOLDER_CASES) + len(WEIGHTS_CASES) + EVAL_AND_RUN_CASES + OTHER_CASES
+    assert tried == int(stated.group(1))

@@ -68,7 +68,7 @@ def _add_eval(subparsers: argparse._SubParsersAction) -> None:
 
 def _run_eval(args: argparse.Namespace) -> int:
     from vitkd.data.loader import build_eval_loader
-    from vitkd.engine.distributed import resolve_device
+    from vitkd.engine.distributed import init_distributed
     from vitkd.tasks.classification.evaluate import check_head_matches_classes, evaluate
     from vitkd.models.factory import build_model, load_model_from_path
 
@@ -89,13 +89,15 @@ def _run_eval(args: argparse.Namespace) -> int:
         raise ValueError("--img-size is required: the weights do not record their input size")
     mean = tuple(info.get("mean", (0.485, 0.456, 0.406)))
     std = tuple(info.get("std", (0.229, 0.224, 0.225)))
+    context = init_distributed(args.device, option="--device")  # under torchrun each process takes a shard
     # the model's own class names (recorded by vitkd exports) label the split, so its labels match the head
     loader = build_eval_loader(args.dataset, args.root, img_size, args.batch_size, mean, std, split=args.split,
-                               crop_pct=info.get("crop_pct", 0.875), classes=info.get("classes"))
+                               crop_pct=info.get("crop_pct", 0.875), classes=info.get("classes"),
+                               rank=context.rank, world_size=context.world_size)
     check_head_matches_classes(model, loader.dataset, args.weights)
-    device = resolve_device(args.device, option="--device")
-    metrics = evaluate(model.to(device), loader, device, progress=True)
-    print(json.dumps(metrics, indent=2))
+    metrics = evaluate(model.to(context.device), loader, context.device, context=context, progress=True)
+    if context.is_main:
+        print(json.dumps(metrics, indent=2))
     return 0
 
 
@@ -186,7 +188,8 @@ def parse_command_line(argv: Optional[list[str]] = None) -> tuple[argparse.Argum
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:
-        if isinstance(getattr(args, "overrides", None), list) and all("=" in a and not a.startswith("-") for a in extra):
+        takes_overrides = isinstance(getattr(args, "overrides", None), list)
+        if takes_overrides and all("=" in word and not word.startswith("-") for word in extra):
             args.overrides += extra
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")

@@ -163,3 +163,11 @@ def test_digits_refuses_an_unknown_split():
         build_base_dataset("digits", "test")
     with pytest.raises(ConfigError, match=r"needs its root folder: data\.root .* --root"):
         build_base_dataset("folder", "val")
+
+
+def test_evaluation_shards_cover_every_sample_once():
+    from vitkd.data.loader import ShardSampler
+
+    shards = [list(ShardSampler(7, rank, 3)) for rank in range(3)]
+    assert shards == [[0, 3, 6], [1, 4], [2, 5]]  # no padding: torch's DistributedSampler would repeat 0 and 1
+    assert sorted(sum(shards, [])) == list(range(7))

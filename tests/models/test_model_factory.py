@@ -51,7 +51,8 @@ def test_torch_checkpoint_is_read_with_weights_only(tmp_path):
             return (print, ("this must never run",))
 
     torch.save({"model": Evil()}, tmp_path / "evil.pt")
-    with pytest.raises(CheckpointError, match=r"evil\.pt holds Python objects besides tensors \(it stores print\), which vitkd does not unpickle"):
+    with pytest.raises(CheckpointError,
+                       match=r"evil\.pt holds Python objects besides tensors \(it stores print\), which vitkd does not"):
         load_weights(model, tmp_path / "evil.pt")
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Optional, Sequence, Union
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from vitkd.config import DataConfig
 from vitkd.errors import ConfigError
@@ -160,12 +160,25 @@ def loader_generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+class ShardSampler(Sampler):
+    """Indices rank, rank + world_size, ... of range(length): every sample evaluated exactly once over the ranks.
+    (torch's `DistributedSampler` pads the shards to equal length with repeated samples, which would count those
+    samples twice in a reduced top-1.)"""
+
+    def __init__(self, length: int, rank: int, world_size: int) -> None:
+        self.indices = list(range(rank, length, world_size))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
 def build_val_loader(dataset: Dataset, batch_size: int, num_workers: int, rank: int = 0,
                      world_size: int = 1) -> DataLoader:
-    """In order; with several ranks each evaluates a strided shard (DistributedSampler without shuffling)."""
-    sampler: Any = None
-    if world_size > 1:
-        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=False, drop_last=False)
+    """In order; with several ranks each evaluates a strided shard that no other rank sees (`ShardSampler`)."""
+    sampler: Any = ShardSampler(len(dataset), rank, world_size) if world_size > 1 else None
     # Evaluation data has no per-epoch state, so its workers can live across epochs (training's cannot: the
     # training dataset's epoch is set in the main process before each epoch).
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=num_workers,
@@ -176,9 +189,10 @@ def build_val_loader(dataset: Dataset, batch_size: int, num_workers: int, rank: 
 def build_eval_loader(dataset: str, root: Optional[str], img_size: int, batch_size: int,
                       mean: tuple = (0.485, 0.456, 0.406), std: tuple = (0.229, 0.224, 0.225),
                       split: str = "val", crop_pct: float = 0.875, num_workers: int = 0,
-                      interpolation: str = "bicubic", classes: Optional[Sequence[str]] = None) -> DataLoader:
+                      interpolation: str = "bicubic", classes: Optional[Sequence[str]] = None, rank: int = 0,
+                      world_size: int = 1) -> DataLoader:
     """A loader over a validation split for `vitkd eval` and `vitkd bench`, labelled by `classes` (the model's
-    class names when known). Batches are `Batch` objects."""
+    class names when known), sharded over `world_size` ranks. Batches are `Batch` objects."""
     base = build_base_dataset(dataset, split, root, classes=classes)
     transformed = TransformDataset(base, build_eval_transform(img_size, mean, std, crop_pct, interpolation))
-    return build_val_loader(transformed, batch_size, num_workers)
+    return build_val_loader(transformed, batch_size, num_workers, rank, world_size)

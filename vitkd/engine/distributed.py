@@ -54,12 +54,13 @@ def set_cpu_threads(threads: int | None) -> None:
     torch.set_num_threads(threads)
 
 
-def init_distributed(requested_device: str = "auto") -> DistributedContext:
-    """Join the process group when launched by torchrun (WORLD_SIZE > 1), else a single-process context."""
+def init_distributed(requested_device: str = "auto", option: str = "train.device") -> DistributedContext:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1), else a single-process context. `option`
+    names where the device came from in errors (the recipe key, or a command's flag)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(requested_device, local_rank)
+    device = resolve_device(requested_device, local_rank, option)
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
