@@ -41,10 +41,10 @@ from vitkd.training import build_trainer  # noqa: E402
 OUT = ROOT / "benchmarks" / "results" / "ddp_throughput"
 
 
-def _recipe(batch: int, steps: int, output_dir: str, name: str):
+def _recipe(batch: int, steps: int, output_dir: str, name: str, overrides: list[str]):
     return load_recipe(ROOT / "recipes" / "demo" / "vit_plain.yaml",
                        [f"data.batch_size={batch}", f"train.max_steps_per_epoch={steps}", "train.progress=false",
-                        f"train.output_dir={output_dir}", f"name={name}", "train.epochs=1"])
+                        f"train.output_dir={output_dir}", f"name={name}", "train.epochs=1", *overrides])
 
 
 def _timed_epoch(trainer) -> float:
@@ -54,13 +54,13 @@ def _timed_epoch(trainer) -> float:
 
 
 def _worker(rank: int, world_size: int, init_file: str, batch: int, steps: int, threads: int, output_dir: str,
-            result_file: str) -> None:
+            result_file: str, overrides: list[str]) -> None:
     torch.set_num_threads(threads)
     if world_size > 1:
         dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     try:
         context = DistributedContext(rank=rank, world_size=world_size)
-        trainer = build_trainer(_recipe(batch, steps, output_dir, f"ddp{world_size}"), context=context)
+        trainer = build_trainer(_recipe(batch, steps, output_dir, f"ddp{world_size}", overrides), context=context)
         trainer.train_one_epoch(0)  # warm-up: allocator, loader worker start
         if world_size > 1:
             dist.barrier()
@@ -72,10 +72,11 @@ def _worker(rank: int, world_size: int, init_file: str, batch: int, steps: int, 
             dist.destroy_process_group()
 
 
-def _run(world_size: int, batch: int, steps: int, threads: int, scratch: Path, round_index: int) -> float:
+def _run(world_size: int, batch: int, steps: int, threads: int, scratch: Path, round_index: int,
+         overrides: list[str]) -> float:
     result = scratch / f"seconds_{world_size}_{round_index}.txt"
     args = (world_size, str(scratch / f"init_{world_size}_{round_index}"), batch // world_size, steps,
-            max(1, threads // world_size), str(scratch / "runs"), str(result))
+            max(1, threads // world_size), str(scratch / "runs"), str(result), overrides)
     if world_size == 1:
         _worker(0, *args)
     else:
@@ -89,6 +90,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch", type=int, default=32, help="global batch (each of 2 processes takes half)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="recipe overrides for both runs, e.g. --set data.num_workers=0")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     images = args.batch * args.steps
@@ -96,8 +99,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         for round_index in range(args.rounds):
             order = (1, 2) if round_index % 2 == 0 else (2, 1)
-            seconds = {world: _run(world, args.batch, args.steps, args.threads, Path(scratch), round_index)
-                       for world in order}
+            seconds = {world: _run(world, args.batch, args.steps, args.threads, Path(scratch), round_index,
+                                   args.overrides) for world in order}
             rows.append({"round": round_index, "order": list(order), "seconds_1": seconds[1], "seconds_2": seconds[2],
                          "ratio_2_over_1": seconds[1] / seconds[2]})
             print(f"[ddp_throughput] round {round_index}: 1 process {images / seconds[1]:.0f} img/s, 2 processes "
@@ -105,6 +108,7 @@ def main() -> None:
     ratio = statistics.median(row["ratio_2_over_1"] for row in rows)
     result = {
         "global_batch": args.batch, "steps": args.steps, "rounds": rows, "threads": args.threads,
+        "overrides": args.overrides,
         "images_per_s_1": images / statistics.median(row["seconds_1"] for row in rows),
         "images_per_s_2": images / statistics.median(row["seconds_2"] for row in rows),
         "throughput_ratio_2_over_1": ratio,
