@@ -7,7 +7,9 @@ The demo's ViT student (`recipes/demo/vit_plain.yaml`: digits, RandAugment, a lo
 round, so drifts of a shared machine's load hit both; each round's ratio is taken within the round and the median
 over rounds reported, with images/s of both. On a 2-core CPU two processes compete for the same cores, so a ratio
 near 1 (or below) is expected there: this measures the overhead of the DDP path (gradient all-reduce, per-process
-loaders), not a speed-up; on a multi-GPU node each process has its own device.
+loaders), not a speed-up; on a multi-GPU node each process has its own device. The two processes are started by
+torch.multiprocessing and use the "fork" start method for their loader workers, as processes torchrun starts do on
+Linux.
 
 Results: `benchmarks/results/ddp_throughput/ddp_throughput.json` and `.md`. Run from the repository root (about 3
 minutes on 2 cores with the defaults)::
@@ -18,6 +20,7 @@ minutes on 2 cores with the defaults)::
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import platform
 import statistics
@@ -55,6 +58,10 @@ def _timed_epoch(trainer) -> float:
 
 def _worker(rank: int, world_size: int, init_file: str, batch: int, steps: int, threads: int, output_dir: str,
             result_file: str, overrides: list[str]) -> None:
+    # Processes started by torch.multiprocessing.spawn default to the "spawn" start method themselves, so each
+    # epoch's loader worker would be a fresh interpreter importing torch, timm and vitkd (seconds per epoch). Under
+    # torchrun, as users launch, the default on Linux is "fork"; use it here too.
+    multiprocessing.set_start_method("fork", force=True)
     torch.set_num_threads(threads)
     if world_size > 1:
         dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
