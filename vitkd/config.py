@@ -422,7 +422,7 @@ def check_values(recipe: Recipe) -> None:
             raise ConfigError(f"teacher.cache_topk must be a positive integer, got {recipe.teacher.cache_topk}")
     if recipe.data.dataset == "folder" and not recipe.data.root:
         raise ConfigError("data.root is required when data.dataset is 'folder' (a folder with train/ and val/)")
-    for key, value, low, high, closed_low in _RANGES(recipe):
+    for key, value, low, high, closed_low in _bounded_numbers(recipe):
         if value is None:
             continue
         below = value < low if closed_low else value <= low
@@ -457,7 +457,7 @@ def checkpoint_interval(value: Optional[Union[int, str]]) -> tuple[Optional[int]
                       f"got {value!r}")
 
 
-def _RANGES(recipe: Recipe) -> list[tuple[str, Optional[float], float, Optional[float], bool]]:
+def _bounded_numbers(recipe: Recipe) -> list[tuple[str, Optional[float], float, Optional[float], bool]]:
     """(key, value, low, high or None, low included?) for every bounded number of a recipe."""
     data, optim, train = recipe.data, recipe.optim, recipe.train
     return [
