@@ -163,3 +163,21 @@ def test_student_normalization_prefers_the_students_own_statistics(tiny_recipe):
     assert teacher.renormalize
     torch.testing.assert_close(teacher.scale.flatten(), torch.tensor([0.4, 0.5, 0.6]) / 0.5)
     torch.testing.assert_close(teacher.shift.flatten(), (torch.tensor([0.1, 0.2, 0.3]) - 0.5) / 0.5)
+
+
+def test_channels_last_teacher_gives_the_same_logits_and_weights_hash(tiny_recipe):
+    from vitkd.cache.format import hash_state_dict
+
+    raw = tiny_recipe(teacher={"name": "vitkd_small_cnn"})
+    torch.manual_seed(0)
+    default = build_frozen_teacher(load_recipe(raw=raw), num_classes=10)
+    raw["teacher"]["channels_last"] = True
+    torch.manual_seed(0)
+    channels_last = build_frozen_teacher(load_recipe(raw=raw), num_classes=10)
+    convolution = next(m for m in channels_last.model.modules() if isinstance(m, nn.Conv2d))
+    assert convolution.weight.is_contiguous(memory_format=torch.channels_last)
+    images = torch.randn(4, 3, 16, 16)
+    assert channels_last.prepare_input(images).is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(default(images), channels_last(images), atol=1e-5)
+    # a cache written by one is read by the other: the weights hash ignores the memory format
+    assert hash_state_dict(default.model.state_dict()) == hash_state_dict(channels_last.model.state_dict())

@@ -34,6 +34,9 @@ RESUMABLE_KEYS: dict[str, str] = {
     "train.checkpoint_every": "how often mid-epoch checkpoints are written",
     "train.nonfinite": "the non-finite-loss policy",
     "train.nonfinite_max_skips": "the non-finite-loss policy",
+    "train.compile": "torch.compile of the same computation (inductor may round differently)",
+    "train.compile_backend": "torch.compile of the same computation (inductor may round differently)",
+    "teacher.channels_last": "the teacher's memory format",
 }
 
 

@@ -27,6 +27,7 @@ from vitkd.config import Recipe, checkpoint_interval, dump_recipe, recipe_to_dic
 from vitkd.engine.amp import autocast, build_grad_scaler, resolve_amp_dtype
 from vitkd.engine.checkpoint import (best_checkpoint_path, check_output_space, estimate_checkpoint_bytes,
                                      last_checkpoint_path, load_checkpoint, save_checkpoint)
+from vitkd.engine.compilation import compile_for_training
 from vitkd.engine.distributed import (DistributedContext, all_processes_agree, barrier, gather_objects, reduce_flags,
                                       reduce_sums, wrap_for_training)
 from vitkd.engine.loss_meter import LossMeter, NonFiniteStep
@@ -61,7 +62,7 @@ class Trainer:
         self.last_path = last_checkpoint_path(self.run_dir)
         self.best_path = best_checkpoint_path(self.run_dir)
         self.resume = resume
-        self.trained_module = wrap_for_training(task.trainable, context)
+        self.trained_module = compile_for_training(wrap_for_training(task.trainable, context), recipe.train)
         self._build_optimization()
         self.start_epoch = 0
         self.partial_epoch: Optional[dict[str, Any]] = None  # a mid-epoch checkpoint's epoch, step and sums
