@@ -131,6 +131,16 @@ class ClassCountMismatchError(BenchInputError):
     """The evaluation dataset has a different number of classes than the model's classifier head."""
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# downstream datasets (`vitkd.downstream.data`)
+
+
+class DatasetError(ValueError):
+    """A detection or segmentation dataset that cannot be read as given: an annotation naming a missing image or an
+    unknown category, a box outside its image, a mask of the wrong size or with values outside the classes, images
+    without annotations; the message names the file and the item."""
+
+
 #: Error families that are bad input rather than bugs: the CLI prints them as one line and exits with status 2.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, OSError, LogitCacheError)
 
@@ -150,3 +160,8 @@ def one_line_message(error: BaseException) -> str:
         prefix = f"{type(error).__module__}.{type(error).__name__}: "
         text = last[len(prefix):] if last.startswith(prefix) else last.partition(": ")[2] or last
     return " ".join(text.split())
+
+
+class DeployError(ValueError):
+    """A model cannot be exported or run where it is deployed: the optional `deploy` packages are missing, the
+    exporter meets an op or opset it cannot produce, or the exported file's output differs from PyTorch's."""
