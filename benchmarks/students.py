@@ -1,7 +1,8 @@
 """Profile a zoo of compact students (and a few CNNs for contrast) at their 224x224 input with `vitkd.bench`.
 
 Every model is built with pretrained=False (no download; FLOPs, parameters, latency and memory do not depend on
-the weights), profiled at batch 1 for latency and at `--batch-size` for throughput and peak memory, and written as
+the weights), profiled at batch 1 for latency and at `--batch-size` for throughput and peak memory in eager PyTorch
+and in ONNX Runtime (CPU, `--runtime`, default both; `--ort-int8` adds the int8 dynamic quantisation), and written as
 `bench.csv`, `bench.json`, `bench.md` and `bench.png` (latency vs GFLOPs: no accuracy is measured here) to the
 output directory. The Markdown table is printed at the end.
 
@@ -10,10 +11,13 @@ Run from the repository root (about 2-4 minutes on 2 CPU cores with the defaults
     pip install -e .                      # or prefix the command with PYTHONPATH=.
     HF_HUB_OFFLINE=1 python benchmarks/students.py
     HF_HUB_OFFLINE=1 python benchmarks/students.py --threads 4 --time-budget 10 --out runs/students
-    HF_HUB_OFFLINE=1 python benchmarks/students.py --models deit_tiny_patch16_224 tiny_vit_5m_224 --device cuda
+    HF_HUB_OFFLINE=1 python benchmarks/students.py --models deit_tiny_patch16_224 tiny_vit_5m_224 --runtime torch \
+        --device cuda
 
 Reports are rewritten after each model; `--resume` skips models already in `<out>/bench.json`.
-Latency figures are only as quiet as the machine: check the Spread column before quoting one.
+Latency figures are only as quiet as the machine: check the Spread column before quoting one. The ONNX Runtime
+columns need the deploy extra (`pip install -e '.[deploy]'`); the printed ranking lines say where the order of
+the models by batch-1 latency differs between the runtimes.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from vitkd.bench import SuiteSettings, TimingSettings, markdown_table, profile_specs
+from vitkd.bench import ProfileRecord, SuiteSettings, TimingSettings, markdown_table, profile_specs
+from vitkd.bench.suite import RUNTIME_CHOICES
 
 STUDENT_ZOO = (
     "deit_tiny_patch16_224",
@@ -55,7 +60,28 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="seconds of timed rounds per latency and per throughput measurement (default: 3)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed forwards before each timing (default: 2)")
     parser.add_argument("--resume", action="store_true", help="skip models already in <out>/bench.json")
+    parser.add_argument("--runtime", choices=sorted(RUNTIME_CHOICES), default="both",
+                        help="torch, onnxruntime or both (default: both)")
+    parser.add_argument("--ort-int8", action="store_true", help="add ONNX Runtime int8 dynamic quantisation rows")
     return parser.parse_args(argv)
+
+
+def latency_ranking(records: list[ProfileRecord], runtime: str) -> list[str]:
+    """Model names of one runtime's records, fastest batch-1 latency first."""
+    chosen = [record for record in records if record.runtime == runtime]
+    return [record.name for record in sorted(chosen, key=lambda record: record.latency_ms_median)]
+
+
+def ranking_changes(records: list[ProfileRecord]) -> list[str]:
+    """One line per runtime whose latency order differs from torch's, naming the models that moved."""
+    reference = latency_ranking(records, "torch")
+    lines = []
+    for runtime in dict.fromkeys(record.runtime for record in records if record.runtime != "torch"):
+        ranking = [name for name in latency_ranking(records, runtime) if name in reference]
+        moved = [f"{name} {reference.index(name) + 1}->{position + 1}" for position, name in enumerate(ranking)
+                 if reference.index(name) != position]
+        lines.append(f"{runtime} vs torch latency ranking: " + (", ".join(moved) if moved else "unchanged"))
+    return lines
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -63,12 +89,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = SuiteSettings(
         batch_size=arguments.batch_size, device=arguments.device, threads=arguments.threads,
         timing=TimingSettings(warmup_iterations=arguments.warmup, time_budget_s=arguments.time_budget),
+        runtimes=RUNTIME_CHOICES[arguments.runtime], ort_int8=arguments.ort_int8,
     )
     records = profile_specs(
         arguments.models, settings=settings, out_dir=arguments.out, resume=arguments.resume,
-        on_record=lambda record: print(f"profiled {record.name}", file=sys.stderr, flush=True),
+        on_record=lambda record: print(f"profiled {record.name} ({record.runtime})", file=sys.stderr, flush=True),
     )
     print(markdown_table(records), end="")
+    for line in ranking_changes(records):
+        print(line)
     print(f"\nwritten to {arguments.out}: bench.csv, bench.json, bench.md, bench.png")
     return 0
 

@@ -21,6 +21,11 @@ def test_demo_writes_report_table_and_plot(tmp_path):
         assert 0.0 <= row["top1"] <= 100.0
     report = (demo_dir / "report.md").read_text()
     assert all(row["method"] in report for row in rows) and "| FLOPs |" in report
+    vit_rows = [row for row in rows if row["model"] == "vit_tiny_patch16_224"]  # one architecture, five methods
+    assert vit_rows[0]["latency_measured_with"] is None
+    assert all(row["latency_measured_with"] == vit_rows[0]["run"] for row in vit_rows[1:])
+    assert {row["latency_ms"] for row in vit_rows} == {vit_rows[0]["latency_ms"]}  # one shared measurement
+    assert f"{vit_rows[1]['run']} uses {vit_rows[0]['run']}" in report and report.count("*") >= len(vit_rows) - 1
     assert (demo_dir / "tradeoffs.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # A second run reuses every finished row instead of retraining it.

@@ -170,6 +170,27 @@ def _add_bench(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=bench_command.run)
 
 
+def _add_pipeline(subparsers: argparse._SubParsersAction) -> None:
+    from vitkd.pipeline import command as pipeline_command
+
+    parser = subparsers.add_parser(
+        "pipeline", help="run a multi-stage compression pipeline (teacher-layer init, KD, 2-bit, split, 1-bit ...)",
+        description="Run the stages of a pipeline file in order, each student starting from the previous stage's "
+                    "weights; a finished stage is reused, an interrupted one resumed; prints one table (stage, "
+                    "student, bits, stored size, FLOPs, top-1, wall time).")
+    pipeline_command.add_arguments(parser)
+    parser.set_defaults(handler=pipeline_command.run)
+
+
+def _add_export(subparsers: argparse._SubParsersAction) -> None:
+    from vitkd.deploy import export_command
+
+    parser = subparsers.add_parser("export", help="export a student as safetensors, or as ONNX checked against "
+                                                  "PyTorch in ONNX Runtime")
+    export_command.add_arguments(parser)
+    parser.set_defaults(handler=export_command.run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vitkd", description="Knowledge distillation of vision transformers.")
     parser.add_argument("--version", action="version", version=f"vitkd {__version__}")
@@ -179,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(subparsers)
     _add_cache_commands(subparsers)
     _add_bench(subparsers)
+    _add_export(subparsers)
+    _add_pipeline(subparsers)
     return parser
 
 

@@ -83,6 +83,57 @@ class TeacherConfig(ModelConfig):
 
 
 @dataclass
+class StudentInitConfig:
+    """How the student's weights start from the teacher's (`teacher.name`, same width and heads; the student's
+    `kwargs.depth` says how many blocks it keeps). Unset: timm's random initialisation (or `student.checkpoint`).
+
+    `method`: `teacher_layers` (DistilBERT / XTC layer reduction: patch and position embeddings, prefix tokens, the
+    chosen teacher blocks, final norm and head are copied) or `theseus` (BERT-of-Theseus progressive module
+    replacement: the teacher's blocks grouped into depth_t / depth_s modules, each replaced by one student block with
+    probability p during training; the student's blocks start as copies of the chosen teacher blocks).
+    `layers`: the teacher blocks the student's blocks copy: a list of indices, `every_other` (1, 3, 5, ...: every
+    second block, ending at the last), `uniform` (evenly spread, the last included) or `first`.
+    Theseus schedule: `linear` p = min(1, replacing_rate + slope * step) (the released code's example: 0.1 and
+    0.0006) or `constant` p = replacing_rate for `constant_steps` steps, then 1 (its example: 0.7 for 2500 steps).
+    """
+
+    method: str = "teacher_layers"
+    layers: Union[list[int], str] = "uniform"
+    schedule: str = "linear"
+    replacing_rate: float = 0.1
+    slope: float = 0.0006
+    constant_steps: int = 2500
+
+
+@dataclass
+class QuantizeConfig:
+    """Quantisation-aware training of the student (fake-quantised forward, straight-through gradients).
+
+    `weight_bits`: 1 (sign(W) * mean|W|), 2 (ternary, TWN), 4 or 8 (symmetric uniform, torchao); per output row, or
+    per `group_size` consecutive input weights of a row. `layers`: the layer kinds quantised (`qkv`, `proj`, `fc1`,
+    `fc2`, `patch_embed`); the classifier head always stays full precision. `activation_bits`: 8 fake-quantises the
+    inputs of those layers per token (torchao), null keeps them full precision. `split`: with `weight_bits: 1`, start
+    from the (ternarised) weights and split each layer into an equal-output binary layer of twice the input width
+    (BinaryBERT's ternary weight splitting).
+    """
+
+    weight_bits: int
+    layers: list[str] = field(default_factory=lambda: ["qkv", "proj", "fc1", "fc2"])
+    group_size: Optional[int] = None
+    activation_bits: Optional[int] = None
+    split: bool = False
+
+
+@dataclass
+class StudentConfig(ModelConfig):
+    """The student: a timm model (`ModelConfig`), optionally built from the teacher (`init`) and quantised
+    (`quantize`)."""
+
+    init: Optional[StudentInitConfig] = None
+    quantize: Optional[QuantizeConfig] = None
+
+
+@dataclass
 class DataConfig:
     """Dataset, augmentation and loader settings. `dataset` is `digits` (bundled, offline) or `folder`."""
 
@@ -181,7 +232,7 @@ class Recipe:
     `classification`: image classification with distillation)."""
 
     name: str
-    student: ModelConfig
+    student: StudentConfig
     task: str = "classification"
     teacher: Optional[TeacherConfig] = None
     data: DataConfig = field(default_factory=DataConfig)
@@ -447,8 +498,56 @@ def check_values(recipe: Recipe) -> None:
         raise ConfigError(f"data.std must be positive in every channel, got {list(data.std)}")
     if recipe.optim.min_lr > recipe.optim.lr:
         raise ConfigError(f"optim.min_lr ({recipe.optim.min_lr:g}) is above optim.lr ({recipe.optim.lr:g})")
+    check_student_construction(recipe.student)
     checkpoint_interval(recipe.train.checkpoint_every)
     check_library_names(recipe)
+
+
+#: Layer kinds of a ViT that `student.quantize.layers` may name.
+QUANTIZABLE_LAYERS = ("qkv", "proj", "fc1", "fc2", "patch_embed")
+#: Named choices of `student.init.layers`.
+LAYER_CHOICES = ("every_other", "uniform", "first")
+INIT_METHODS = ("teacher_layers", "theseus")
+REPLACEMENT_SCHEDULES = ("linear", "constant")
+WEIGHT_BITS = (1, 2, 4, 8)
+
+
+def check_student_construction(student: StudentConfig) -> None:
+    """`student.init` and `student.quantize` values that need no model: choices, ranges, pairs of keys."""
+    init, quantize = student.init, student.quantize
+    if init is not None:
+        if init.method not in INIT_METHODS:
+            raise ConfigError(f"student.init.method: {init.method!r} is not valid; valid: {', '.join(INIT_METHODS)}")
+        if init.schedule not in REPLACEMENT_SCHEDULES:
+            raise ConfigError(f"student.init.schedule: {init.schedule!r} is not valid; valid: "
+                              f"{', '.join(REPLACEMENT_SCHEDULES)}")
+        if isinstance(init.layers, str) and init.layers not in LAYER_CHOICES:
+            raise ConfigError(f"student.init.layers: {init.layers!r} is not valid; use a list of teacher block "
+                              f"indices or one of {', '.join(LAYER_CHOICES)}")
+        if not 0.0 < init.replacing_rate <= 1.0:
+            raise ConfigError(f"student.init.replacing_rate must be > 0 and <= 1, got {init.replacing_rate:g}")
+        if init.slope < 0 or init.constant_steps < 0:
+            raise ConfigError(f"student.init.slope and constant_steps must be >= 0, got {init.slope:g} and "
+                              f"{init.constant_steps}")
+        if student.checkpoint:
+            raise ConfigError(f"student.init copies the teacher's weights, which student.checkpoint "
+                              f"({student.checkpoint}) would replace; set one of them")
+    if quantize is not None:
+        if quantize.weight_bits not in WEIGHT_BITS:
+            raise ConfigError(f"student.quantize.weight_bits: {quantize.weight_bits!r} is not valid; valid: 1 "
+                              f"(binary), 2 (ternary), 4, 8")
+        if quantize.activation_bits not in (None, 8):
+            raise ConfigError(f"student.quantize.activation_bits: {quantize.activation_bits!r} is not valid; valid: 8 "
+                              f"or null (full precision)")
+        unknown = [kind for kind in quantize.layers if kind not in QUANTIZABLE_LAYERS]
+        if unknown or not quantize.layers:
+            raise ConfigError(f"student.quantize.layers: {unknown or 'an empty list'} is not valid; choose from "
+                              f"{', '.join(QUANTIZABLE_LAYERS)} (the head always stays full precision)")
+        if quantize.group_size is not None and quantize.group_size < 1:
+            raise ConfigError(f"student.quantize.group_size must be a positive integer, got {quantize.group_size}")
+        if quantize.split and quantize.weight_bits != 1:
+            raise ConfigError(f"student.quantize.split makes a 1-bit student from ternary weights; set "
+                              f"weight_bits: 1 (got {quantize.weight_bits})")
 
 
 def checkpoint_interval(value: Optional[Union[int, str]]) -> tuple[Optional[int], Optional[float]]:

@@ -2,7 +2,9 @@
 
 Trains a small CNN teacher, then the same ViT student several ways with the same budget: on labels alone, and with
 each distillation method from the teacher. Each trained model is then profiled with `vitkd.bench` (forward FLOPs,
-batch-1 CPU latency). Prints a table (model, method, params, FLOPs, latency, top-1) and writes
+batch-1 CPU latency); rows whose student has the same architecture and input share one latency measurement (the
+first such row's), since their weights cannot change the speed and separate timings would only show machine drift.
+Prints a table (model, method, params, FLOPs, latency, top-1) and writes
 `<output-dir>/demo/report.md`, `report.json` and `tradeoffs.png` (accuracy against latency and FLOPs). Finished rows
 are reused and interrupted rows resumed when the demo runs again with the same recipes; `--fresh` retrains everything.
 """
@@ -98,13 +100,15 @@ def train_or_reuse(recipe: Recipe, builds_cache: bool = False) -> dict[str, Any]
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    """Markdown table of the demo rows."""
+    """Markdown table of the demo rows; a row reusing another's latency measurement is marked `*`."""
     header = ("| model | method | params | FLOPs | latency b1 (ms) | top-1 (%) | top-5 (%) | train img/s | "
               "wall time (s) |")
     lines = [header, "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
+        shared = "*" if row.get("latency_measured_with") else ""
         lines.append(f"| {row['model']} | {row['method']} | {row['params']:,} | {row['flops'] / 1e6:.2f} M | "
-                     f"{row['latency_ms']:.2f} | {row['top1']:.2f} | {row['top5']:.2f} | {row['images_per_s']:.0f} | "
+                     f"{row['latency_ms']:.2f}{shared} | {row['top1']:.2f} | {row['top5']:.2f} | "
+                     f"{row['images_per_s']:.0f} | "
                      f"{row['wall_time_s']:.0f} |")
     return "\n".join(lines)
 
@@ -112,14 +116,25 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 DEMO_TIMING = TimingSettings(warmup_iterations=5, min_rounds=3, max_rounds=10, time_budget_s=2.0)
 
 
-def _profile_row(recipe: Recipe, summary: dict[str, Any]) -> ProfileRecord:
-    """FLOPs and batch-1 latency of the trained student (its export), with the row's final accuracy."""
+def _profile_row(recipe: Recipe, summary: dict[str, Any], measured: dict[str, ProfileRecord]) -> ProfileRecord:
+    """FLOPs and batch-1 latency of the trained student (its export), with the row's final accuracy.
+
+    `measured` maps an architecture (timm name, kwargs, input size, batch) to the first row profiled with it; a
+    row of the same architecture reuses that record's figures and names it in `measured_with`.
+    """
     from vitkd.models.factory import load_model_from_path
 
-    model, _ = load_model_from_path(recipe.run_dir)
+    model, info = load_model_from_path(recipe.run_dir)
     size = recipe.data.img_size
+    architecture = json.dumps([info.get("model"), info.get("kwargs"), size, recipe.data.batch_size], sort_keys=True,
+                              default=str)
+    first = measured.get(architecture)
+    if first is not None:
+        return dataclasses.replace(first, name=recipe.name, top1=summary["top1"], top5=summary["top5"],
+                                   measured_with=first.name)
     record = profile(model, name=recipe.name, input_size=(3, size, size), batch_size=recipe.data.batch_size,
                      device="cpu", timing=DEMO_TIMING)
+    measured[architecture] = record
     return dataclasses.replace(record, top1=summary["top1"], top5=summary["top5"])
 
 
@@ -133,26 +148,32 @@ def run_demo(output_dir: str = "runs", epochs_scale: float = 1.0, fresh: bool = 
     if fresh and demo_dir.exists():
         shutil.rmtree(demo_dir)
     rows = []
-    records = []
+    records: list[ProfileRecord] = []
+    measured: dict[str, ProfileRecord] = {}
     for row in DEMO_ROWS:
         recipe = demo_recipe(row.recipe, demo_dir, epochs_scale, extra_overrides)
         print(f"[demo] {row.method}: {recipe.student.name}, {recipe.train.epochs} epochs")
         summary = train_or_reuse(recipe, row.builds_cache)
-        record = _profile_row(recipe, summary)
+        record = _profile_row(recipe, summary, measured)
         records.append(record)
         rows.append({"run": recipe.name, "model": recipe.student.name, "method": row.method,
                      "params": summary["params"], "flops": record.flops, "latency_ms": record.latency_ms_median,
-                     "latency_spread": record.latency_spread, "top1": summary["top1"], "top5": summary["top5"],
+                     "latency_spread": record.latency_spread,
+                     "latency_measured_with": record.measured_with, "top1": summary["top1"], "top5": summary["top5"],
                      "best_top1": summary["best_top1"], "images_per_s": summary["images_per_s"],
                      "wall_time_s": summary["wall_time_s"], "epochs": recipe.train.epochs})
     table = format_table(rows)
+    shared = {f"{row['run']} uses {row['latency_measured_with']}" for row in rows if row["latency_measured_with"]}
     plot_tradeoffs(records, demo_dir / "tradeoffs.png")
     report = ("# vitkd demo: distillation on the bundled digits\n\n"
               "Real handwritten digits (scikit-learn's 1,797 8x8 scans) at 16x16; 1,437 training and 360 validation "
               "images. Every ViT row trains the same student for the same number of epochs; top-1/top-5 are on the "
               "validation split after the last epoch. FLOPs: forward, one multiply-add = one FLOP, fvcore with "
               "attention counted (`vitkd.bench`); latency: median batch-1 forward on this machine's CPU (noisy on a "
-              "shared machine; the spread is in report.json).\n\n" + table
+              "shared machine; the spread is in report.json). Rows whose student has the same architecture share "
+              "one latency measurement, the first such row's: those marked * reuse it "
+              f"({', '.join(sorted(shared)) or 'none'}), so their latencies are equal by construction and no "
+              "method looks slower through machine drift.\n\n" + table
               + "\n\n![accuracy against cost](tradeoffs.png)\n")
     atomic_write(demo_dir / "report.md", report)
     atomic_write(demo_dir / "report.json", json.dumps(rows, indent=2))

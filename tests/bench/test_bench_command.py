@@ -63,3 +63,32 @@ def test_unknown_model_fails_before_any_work(tmp_path):
 def test_resume_without_out_is_a_usage_error():
     with pytest.raises(ValueError, match="--resume needs --out"):
         run(parse([STUDENT, "--resume", *QUICK]))
+
+
+def test_both_runtimes_and_int8_in_one_table_and_in_the_files(tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert run(parse([STUDENT, "--runtime", "both", "--ort-int8", "--dataset", "digits", "--out", str(out),
+                      *QUICK, "--batch-size", "64"])) == 0  # 6 evaluation batches per runtime, not 90
+    printed = capsys.readouterr().out
+    assert "Runtime" in printed and "vs torch" in printed and "File MiB" in printed
+    assert "onnxruntime-int8" in printed and "intra_op_num_threads" in printed
+    records = read_records(out / "bench.json")
+    assert [record.runtime for record in records] == ["torch", "onnxruntime", "onnxruntime-int8"]
+    torch_record, onnx_record, int8_record = records
+    assert onnx_record.flops == torch_record.flops and onnx_record.params == torch_record.params
+    assert onnx_record.threads == 1 and onnx_record.peak_memory_bytes is None
+    for record in (onnx_record, int8_record):
+        assert record.speedup_vs_torch == pytest.approx(torch_record.latency_ms_median / record.latency_ms_median)
+        assert record.top1 is not None and 0 <= record.top1 <= 100
+    assert onnx_record.top1 == pytest.approx(torch_record.top1, abs=0.3)  # same function, float32 round-off
+    onnx_file, int8_file = sorted((out / "onnx").glob("*.onnx"), key=lambda path: ".int8." in path.name)
+    assert onnx_record.model_file_bytes == onnx_file.stat().st_size
+    assert int8_record.model_file_bytes == int8_file.stat().st_size
+    assert int8_record.model_file_bytes < onnx_record.model_file_bytes
+    assert read_records(out / "bench.csv") == records
+    assert (out / "bench.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_int8_without_onnxruntime_is_refused():
+    with pytest.raises(ValueError, match="--ort-int8 needs --runtime onnxruntime or --runtime both"):
+        run(parse([STUDENT, "--ort-int8", *QUICK]))

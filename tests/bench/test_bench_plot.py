@@ -5,6 +5,7 @@ import dataclasses
 import pytest
 
 from vitkd.bench import ProfileRecord, pareto_front, plot_tradeoffs
+from vitkd.bench import plot as plot_module
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -44,3 +45,38 @@ def test_plot_requires_records(tmp_path):
     with pytest.raises(ValueError, match="no records"):
         plot_tradeoffs([], tmp_path / "bench.png")
     assert not (tmp_path / "bench.png").exists()
+
+
+def test_flops_unit_scales_to_the_numbers():
+    small = [make_record("demo_vit", 4.0, 0.00789, 95.0), make_record("demo_cnn", 2.0, 0.00972, 99.0)]
+    assert plot_module.flops_unit(small) == (1e6, "MFLOPs")
+    assert plot_module.flops_unit(small + [make_record("deit", 20.0, 1.26, 72.0)]) == (1e9, "GFLOPs")
+
+
+def test_neighbouring_labels_alternate_above_and_below_and_the_right_half_faces_left():
+    placements = plot_module.label_offsets([3.0, 1.0, 2.0, 4.0])
+    by_rank = [placements[index] for index in (1, 2, 0, 3)]  # x order: 1, 2, 3, 4
+    assert [offset[1] > 0 for offset, _ in by_rank] == [True, False, True, False]
+    assert [alignment for _, alignment in by_rank] == ["left", "left", "right", "right"]
+
+
+def test_each_runtime_gets_its_own_marker_and_one_label_per_model(tmp_path, monkeypatch):
+    drawn = []
+    original = plot_module._scatter_with_labels
+
+    def spy(axes, xs, ys, records):
+        original(axes, xs, ys, records)
+        drawn.append(axes)
+
+    monkeypatch.setattr(plot_module, "_scatter_with_labels", spy)
+    torch_row = make_record("vit", 4.0, 0.0079, 95.0)
+    records = [torch_row, dataclasses.replace(torch_row, runtime="onnxruntime", latency_ms_median=2.0),
+               dataclasses.replace(torch_row, runtime="onnxruntime-int8", latency_ms_median=1.5, top1=94.0)]
+    plot_tradeoffs(records, tmp_path / "bench.png")
+    latency_axes = drawn[0]
+    legend = [text.get_text() for text in latency_axes.get_legend().get_texts()]
+    assert legend[:3] == ["torch", "onnxruntime", "onnxruntime-int8"]
+    markers = [collection.get_paths()[0].vertices.shape[0] for collection in latency_axes.collections]
+    assert len(set(markers)) == 3  # circle, square and triangle paths differ
+    assert [text.get_text() for text in latency_axes.texts] == ["vit"]
+    assert "MFLOPs" in drawn[1].get_xlabel()

@@ -71,3 +71,35 @@ def test_unreadable_reports_are_rejected_clearly(tmp_path):
         read_records(stranger)
     with pytest.raises(ValueError, match="no records"):
         write_reports([], tmp_path)
+
+
+def test_runtime_rows_show_runtime_ratio_and_file_size_and_round_trip(tmp_path):
+    torch_row = make_record()
+    onnx_row = make_record(runtime="onnxruntime", latency_ms_median=10.625, peak_memory_bytes=None,
+                           model_file_bytes=3 * 2**20, speedup_vs_torch=2.0)
+    plain = format_table([torch_row])
+    assert "Runtime" not in plain and "vs torch" not in plain and "File MiB" not in plain
+    table = format_table([torch_row, onnx_row])
+    header, _, first, second = table.splitlines()[:4]
+    assert header.split()[:2] == ["Model", "Runtime"] and "vs torch" in header and "File MiB" in header
+    assert "torch" in first and "onnxruntime" in second and "2.00x" in second and "3.00" in second
+    assert "intra_op_num_threads" in table
+    paths = write_reports([torch_row, onnx_row], tmp_path)
+    assert read_records(paths["csv"]) == [torch_row, onnx_row]
+    assert read_records(paths["json"]) == [torch_row, onnx_row]
+
+
+def test_version_1_reports_read_as_torch_records(tmp_path):
+    record = make_record()
+    values = {key: value for key, value in record.to_dict().items()
+              if key not in ("runtime", "model_file_bytes", "speedup_vs_torch", "measured_with")}
+    old = tmp_path / "bench.json"
+    old.write_text(json.dumps({"format": "vitkd.bench.records", "version": 1, "records": [values]}))
+    assert read_records(old) == [record]
+
+
+def test_models_below_one_gflop_are_shown_in_mflops():
+    table = format_table([make_record(flops=7_890_000, train_flops_per_image=23_670_000)])
+    header, _, row = table.splitlines()[:3]
+    assert "MFLOPs" in header and "GFLOPs" not in header and "Train MFLOPs/img" in header
+    assert "7.89" in row and "23.67" in row

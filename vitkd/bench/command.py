@@ -5,6 +5,7 @@ Examples::
     vitkd bench deit_tiny_patch16_224 tiny_vit_5m_224 --teacher deit_base_patch16_224 --threads 4 --out runs/bench
     vitkd bench vit_tiny_patch16_224:img_size=32,patch_size=4,num_classes=10 runs/demo/deit_hard --dataset digits
     vitkd bench deit_tiny_patch16_224@weights/student.safetensors --device cuda --amp --batch-size 256
+    vitkd bench deit_tiny_patch16_224 resnet18 --runtime both --ort-int8 --dataset folder --root imagenet --threads 2
 
 User errors (unknown model, impossible input size, class-count mismatch, bad checkpoint) are raised as
 `ValueError`s with a message naming the culprit; `vitkd`'s entry point prints that line and exits with status 2.
@@ -18,7 +19,7 @@ import sys
 from vitkd.bench.latency import TimingSettings
 from vitkd.bench.profile import ProfileRecord
 from vitkd.bench.report import REPORT_FILE_NAMES, format_table
-from vitkd.bench.suite import PLOT_FILE_NAME, SuiteSettings, profile_specs
+from vitkd.bench.suite import ONNX_DIR_NAME, PLOT_FILE_NAME, RUNTIME_CHOICES, SuiteSettings, profile_specs
 
 __all__ = ["add_arguments", "run", "settings_from_args"]
 
@@ -74,6 +75,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "always run (default: 10)")
     parser.add_argument("--warmup", type=int, default=3, metavar="N",
                         help="untimed forwards before each timing (default: 3)")
+    parser.add_argument("--runtime", choices=sorted(RUNTIME_CHOICES), default="torch",
+                        help="torch (eager PyTorch), onnxruntime (the model exported to ONNX, run by ONNX Runtime on "
+                             "the CPU with intra_op_num_threads = --threads) or both, in one table with the "
+                             "onnxruntime/torch speed ratio (default: torch); --amp, --compile and --channels-last "
+                             "apply to torch rows only; ONNX needs pip install -e '.[deploy]'")
+    parser.add_argument("--ort-int8", action="store_true",
+                        help="also run ONNX Runtime's int8 dynamic quantisation of each model (its own row, with "
+                             f"its accuracy on --dataset and its file size; the files stay in DIR/{ONNX_DIR_NAME})")
 
 
 def settings_from_args(args: argparse.Namespace) -> SuiteSettings:
@@ -85,6 +94,7 @@ def settings_from_args(args: argparse.Namespace) -> SuiteSettings:
         channels_last=args.channels_last, amp=args.amp, compile=args.compile, dataset=args.dataset,
         data_root=args.root, split=args.split,
         timing=TimingSettings(warmup_iterations=args.warmup, time_budget_s=args.time_budget),
+        runtimes=RUNTIME_CHOICES[args.runtime], ort_int8=args.ort_int8,
     )
 
 
@@ -95,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
 
     def announce(record: ProfileRecord) -> None:
-        print(f"profiled {record.name}: {record.latency_ms_median:.2f} ms at batch 1", file=sys.stderr)
+        print(f"profiled {record.name} ({record.runtime}): {record.latency_ms_median:.2f} ms at batch 1",
+              file=sys.stderr)
 
     records = profile_specs(args.models, teacher=args.teacher, settings=settings, out_dir=args.out,
                             resume=args.resume, on_record=announce)

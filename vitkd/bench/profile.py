@@ -7,6 +7,10 @@ teacher read "how many times better the student is":
 * `param_reduction_vs_teacher` = teacher params / student params,
 * `flop_reduction_vs_teacher` = teacher FLOPs / student FLOPs,
 * `accuracy_retained` = student top-1 / teacher top-1 (0.95 = keeps 95 % of the teacher's accuracy).
+
+Each record is one model in one runtime (`runtime`: `"torch"`, `"onnxruntime"`, `"onnxruntime-int8"`, see
+`vitkd.bench.onnx_profile`); teacher ratios compare records of the same runtime, and `speedup_vs_torch` = the
+model's PyTorch batch-1 latency / this record's (2.0 = this runtime runs it twice as fast).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from vitkd.bench.runtime import RuntimeOptions, prepare_model, use_threads
 from vitkd.engine.distributed import resolve_device
 from vitkd.models.factory import count_parameters
 
-__all__ = ["ProfileRecord", "compare_to_teacher", "profile"]
+__all__ = ["ProfileRecord", "compare_to_teacher", "compare_to_torch", "profile"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,12 +58,18 @@ class ProfileRecord:
         latency_ms_p90: 90th percentile batch-1 forward time, ms.
         latency_spread: relative spread of the batch-1 round medians, `(max - min) / median`.
         throughput: images/s at `batch_size`.
-        peak_memory_bytes: peak tensor bytes of one inference forward at `batch_size` (see `vitkd.bench.memory`).
+        peak_memory_bytes: peak tensor bytes of one inference forward at `batch_size` (see `vitkd.bench.memory`);
+            `None` for ONNX Runtime, whose arena is not tensor-by-tensor.
         top1, top5: accuracy in percent, `None` without an evaluation loader.
         channels_last, amp, compiled: runtime switches used for latency, throughput and memory.
         flops_uncounted_ops: ops fvcore could not count; non-empty means `flops` is a lower bound.
         teacher: name of the teacher the ratios refer to, `None` without one.
         speedup_vs_teacher, param_reduction_vs_teacher, flop_reduction_vs_teacher, accuracy_retained: see module.
+        runtime: what ran the model: `"torch"` (eager PyTorch), `"onnxruntime"` or `"onnxruntime-int8"`.
+        model_file_bytes: size of the deployed file (the `.onnx` file for ONNX Runtime rows), `None` for torch.
+        speedup_vs_torch: the same model's torch latency / this record's latency (batch-1 medians).
+        measured_with: name of the record whose latency/throughput this row reuses because the architecture and
+            settings are identical (`None`: measured itself).
     """
 
     name: str
@@ -75,7 +85,7 @@ class ProfileRecord:
     latency_ms_p90: float
     latency_spread: float
     throughput: float
-    peak_memory_bytes: int
+    peak_memory_bytes: int | None
     top1: float | None = None
     top5: float | None = None
     channels_last: bool = False
@@ -87,6 +97,10 @@ class ProfileRecord:
     param_reduction_vs_teacher: float | None = None
     flop_reduction_vs_teacher: float | None = None
     accuracy_retained: float | None = None
+    runtime: str = "torch"
+    model_file_bytes: int | None = None
+    speedup_vs_torch: float | None = None
+    measured_with: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (tuples become lists)."""
@@ -122,6 +136,12 @@ def compare_to_teacher(student: ProfileRecord, teacher: ProfileRecord) -> Profil
         flop_reduction_vs_teacher=_ratio(teacher.flops, student.flops),
         accuracy_retained=_ratio(student.top1, teacher.top1),
     )
+
+
+def compare_to_torch(record: ProfileRecord, torch_record: ProfileRecord) -> ProfileRecord:
+    """A copy of `record` (another runtime) with `speedup_vs_torch` against the same model's torch record."""
+    return dataclasses.replace(record, speedup_vs_torch=_ratio(torch_record.latency_ms_median,
+                                                               record.latency_ms_median))
 
 
 def profile(model: nn.Module, *, name: str | None = None, input_size: int | Sequence[int] | None = None,

@@ -1,13 +1,16 @@
 """Tables and report files for `ProfileRecord`s: a terminal table, and CSV / JSON / Markdown files.
 
-The terminal and Markdown tables show the same columns, in human units (M params, GFLOPs, ms, MiB, %); columns
-that no record fills (accuracy without a dataset, ratios without a teacher) are left out. CSV and JSON keep every
-record field in raw units (counts, bytes, ms, images/s) and read back into identical records (`read_records`).
+The terminal and Markdown tables show the same columns, in human units (M params, GFLOPs, or MFLOPs when every
+model is below 1 GFLOP, ms, MiB, %); columns
+that no record fills (accuracy without a dataset, ratios without a teacher, the runtime when everything ran in
+PyTorch) are left out. CSV and JSON keep every record field in raw units (counts, bytes, ms, images/s) and read
+back into identical records (`read_records`); version 1 reports (before runtimes) read as torch records.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -25,7 +28,8 @@ __all__ = ["REPORT_FILE_NAMES", "TableColumn", "format_table", "markdown_table",
            "write_reports"]
 
 JSON_FORMAT = "vitkd.bench.records"
-JSON_VERSION = 1
+JSON_VERSION = 2
+READABLE_JSON_VERSIONS = (1, 2)  # version 2 added runtime, model_file_bytes, speedup_vs_torch, measured_with
 REPORT_FILE_NAMES = {"csv": "bench.csv", "json": "bench.json", "markdown": "bench.md"}
 
 
@@ -33,13 +37,15 @@ REPORT_FILE_NAMES = {"csv": "bench.csv", "json": "bench.json", "markdown": "benc
 class TableColumn:
     """One table column: its header, how to read the value from a record, and how to print it.
 
-    `optional` columns are shown only when at least one record has a value for them.
+    `optional` columns are shown only when at least one record has a value for them; `shown`, when given, decides
+    from all the records instead.
     """
 
     header: str
     value: Callable[[ProfileRecord], Any]
     text: Callable[[Any], str]
     optional: bool = False
+    shown: Callable[[Sequence[ProfileRecord]], bool] | None = None
 
     def cell(self, record: ProfileRecord) -> str:
         value = self.value(record)
@@ -58,18 +64,30 @@ def _percent_of_one(value: float) -> str:
     return f"{100 * value:.1f}%"
 
 
+def _several_runtimes(records: Sequence[ProfileRecord]) -> bool:
+    return any(record.runtime != "torch" for record in records)
+
+
+def _shared(record: ProfileRecord) -> str:
+    return "" if record.measured_with is None else "*"
+
+
 COLUMNS: tuple[TableColumn, ...] = (
-    TableColumn("Model", lambda r: r.name, str),
+    TableColumn("Model", lambda r: r.name + _shared(r), str),
+    TableColumn("Runtime", lambda r: r.runtime, str, shown=_several_runtimes),
     TableColumn("Input", lambda r: "x".join(str(side) for side in r.input_size[1:]), str),
     TableColumn("Params (M)", lambda r: r.params / 1e6, _fixed(2)),
-    TableColumn("GFLOPs", lambda r: r.flops / 1e9, _fixed(2)),
+    TableColumn("GFLOPs", lambda r: r.flops / 1e9, _fixed(2)),  # MFLOPs for small models: see `table_columns`
     TableColumn("Train GFLOPs/img", lambda r: r.train_flops_per_image / 1e9, _fixed(2)),
     TableColumn("Acts (M)", lambda r: r.activations / 1e6, _fixed(2)),
     TableColumn("Latency ms", lambda r: r.latency_ms_median, _fixed(2)),
     TableColumn("p90 ms", lambda r: r.latency_ms_p90, _fixed(2)),
     TableColumn("Spread", lambda r: r.latency_spread, _percent_of_one),
     TableColumn("Img/s", lambda r: r.throughput, _fixed(1)),
-    TableColumn("Peak MiB", lambda r: r.peak_memory_bytes / 2**20, _fixed(1)),
+    TableColumn("vs torch", lambda r: r.speedup_vs_torch, _times, optional=True),
+    TableColumn("Peak MiB", lambda r: None if r.peak_memory_bytes is None else r.peak_memory_bytes / 2**20, _fixed(1)),
+    TableColumn("File MiB", lambda r: None if r.model_file_bytes is None else r.model_file_bytes / 2**20, _fixed(2),
+                optional=True),
     TableColumn("Top-1 %", lambda r: r.top1, _fixed(2), optional=True),
     TableColumn("Top-5 %", lambda r: r.top5, _fixed(2), optional=True),
     TableColumn("Speed-up", lambda r: r.speedup_vs_teacher, _times, optional=True),
@@ -81,8 +99,21 @@ COLUMNS: tuple[TableColumn, ...] = (
 
 def table_columns(records: Sequence[ProfileRecord]) -> list[TableColumn]:
     """The columns worth showing for `records`: all fixed ones, and optional ones some record fills."""
-    return [column for column in COLUMNS
-            if not column.optional or any(column.value(record) is not None for record in records)]
+    def wanted(column: TableColumn) -> bool:
+        if column.shown is not None:
+            return column.shown(records)
+        return not column.optional or any(column.value(record) is not None for record in records)
+
+    columns = [column for column in COLUMNS if wanted(column)]
+    if records and max(record.flops for record in records) < 1e9:  # 0.00789 GFLOPs reads better as 7.89 MFLOPs
+        columns = [dataclasses.replace(column, header=column.header.replace("GFLOPs", "MFLOPs"),
+                                       value=_in_millions(column.value)) if "GFLOPs" in column.header else column
+                   for column in columns]
+    return columns
+
+
+def _in_millions(in_billions: Callable[[ProfileRecord], Any]) -> Callable[[ProfileRecord], Any]:
+    return lambda record: in_billions(record) * 1e3
 
 
 def _distinct(values: Sequence[Any]) -> str:
@@ -104,6 +135,15 @@ def _footnote(records: Sequence[ProfileRecord]) -> str:
     if teachers:
         notes.append(f"ratios vs teacher {_distinct(teachers)}: speed-up and ÷ = teacher / student, "
                      "Top-1 kept = student / teacher")
+    if _several_runtimes(records):
+        notes.append("onnxruntime: the model exported to ONNX (TorchScript exporter), CPU execution provider, all "
+                     "graph optimisations, intra_op_num_threads = CPU threads; onnxruntime-int8: its dynamic int8 "
+                     "quantisation (quantize_dynamic, int8 weights); vs torch = torch latency / this row's latency; "
+                     "File MiB = size of the .onnx file")
+    shared = [f"{r.name} ({r.runtime}) reuses {r.measured_with}" for r in records if r.measured_with is not None]
+    if shared:
+        notes.append("* identical architecture and settings share one latency/throughput measurement: "
+                     + "; ".join(shared))
     undercounted = [r.name for r in records if r.flops_uncounted_ops]
     if undercounted:
         notes.append(f"FLOPs are lower bounds (uncounted ops) for: {', '.join(undercounted)}")
@@ -187,9 +227,9 @@ def _records_from_json(text: str, source: Path) -> list[ProfileRecord]:
     document = json.loads(text)
     if not isinstance(document, dict) or document.get("format") != JSON_FORMAT:
         raise ValueError(f"{source}: not a vitkd bench report (expected a JSON object with format={JSON_FORMAT!r})")
-    if document.get("version") != JSON_VERSION:
+    if document.get("version") not in READABLE_JSON_VERSIONS:
         raise ValueError(f"{source}: report version {document.get('version')!r} is not supported "
-                         f"(this vitkd reads version {JSON_VERSION})")
+                         f"(this vitkd reads versions {list(READABLE_JSON_VERSIONS)})")
     return [ProfileRecord.from_dict(values) for values in document["records"]]
 
 

@@ -31,6 +31,8 @@ from vitkd.losses.base import TermContext
 from vitkd.losses.inputs import Targets
 from vitkd.losses.registry import build_loss_terms, resolve_loss_terms
 from vitkd.models.factory import build_model, check_input_size, check_model_name, describe_model, kwargs_with_classes
+from vitkd.models.construction import build_student, core_student, plain_student
+from vitkd.models.quantize import PACKED_FILE, save_packed
 from vitkd.models.teacher import FrozenTeacher, build_frozen_teacher, student_normalization
 from vitkd.tasks.classification.cached_teacher import open_cached_teacher
 from vitkd.tasks.classification.evaluate import evaluate
@@ -95,21 +97,34 @@ class ClassificationTask(Task):
 
     def _build_models(self) -> None:
         student = self.recipe.student
-        self.student_kwargs = kwargs_with_classes(student.kwargs, self.num_classes, "student.kwargs")
-        self.student = build_model(student.name, self.student_kwargs, student.checkpoint)
-        check_input_size(self.student, self.recipe.data.img_size, "student")
         self.student_mean, self.student_std = student_normalization(self.recipe)
         self.teacher: FrozenTeacher | None = None
         teacher = self.recipe.teacher
         if teacher is not None and teacher.name and not teacher.cache:
             self.teacher = build_frozen_teacher(self.recipe, self.num_classes).to(self.device)
             check_input_size(self.teacher.model, self.recipe.data.img_size, "teacher")
+        self.student_kwargs = kwargs_with_classes(student.kwargs, self.num_classes, "student.kwargs")
+        # the student module that trains: a timm model, possibly made from teacher layers, wrapped for module
+        # replacement or quantised (`student.init`, `student.quantize`); `core` is the timm model inside it
+        self.student = build_student(student, self.student_kwargs, self._init_teacher(), self.recipe.train.seed)
+        self.core = core_student(self.student)
+        check_input_size(self.core, self.recipe.data.img_size, "student")
+
+    def _init_teacher(self) -> Optional[nn.Module]:
+        """The teacher model `student.init` copies from: the live teacher, else (a cached teacher) built for it."""
+        if self.recipe.student.init is None or self.recipe.teacher is None or not self.recipe.teacher.name:
+            return None
+        if self.teacher is not None:
+            return self.teacher.model
+        config = self.recipe.teacher
+        return build_model(config.name, kwargs_with_classes(config.kwargs, self.num_classes, "teacher.kwargs"),
+                           config.checkpoint)
 
     def _build_objective(self) -> None:
         uses_cache = bool(self.recipe.teacher and self.recipe.teacher.cache)
         context = TermContext(
-            student=self.student, teacher=self.teacher.model if self.teacher else None, num_classes=self.num_classes,
-            student_info=describe_model(self.student),
+            student=self.core, teacher=self.teacher.model if self.teacher else None, num_classes=self.num_classes,
+            student_info=describe_model(self.core),
             teacher_info=describe_model(self.teacher.model) if self.teacher else {},
             uses_cache=uses_cache, mixup_active=self.mixup is not None,
             label_smoothing=self.recipe.data.label_smoothing, seed=self.recipe.train.seed + self.context.rank,
@@ -126,7 +141,11 @@ class ClassificationTask(Task):
                               f"which a logit cache cannot provide; remove teacher.cache and set teacher.name, or "
                               f"drop those losses")
         if needs.dist_logits:
-            self.student.set_distilled_training(True)
+            self.core.set_distilled_training(True)
+        if needs.student_taps and self.core is not self.student:
+            raise ConfigError(f"losses {self._terms_needing('student_taps')} tap the student's blocks, which "
+                              f"student.init.method=theseus swaps during training; use logit terms (ce, kd, ...) "
+                              f"with it")
         self.teacher_source = self._build_teacher_source(uses_cache)
         self.model = self.student
         self.trainable = DistillationModule(TappedStudent(self.student, needs.student_taps),
@@ -184,11 +203,18 @@ class ClassificationTask(Task):
         return f"val top-1 {metrics['top1']:.2f}% top-5 {metrics['top5']:.2f}%"
 
     def export(self, model: nn.Module, out_dir: Path) -> None:
-        export_student(model, out_dir, self.recipe.student.name, self.student_kwargs,
+        """The student as a plain timm model (quantised weights as floats, Theseus' teacher modules dropped), plus
+        the packed low-bit file (`student.packed.safetensors`) of a quantised student."""
+        student, quantize = self.recipe.student, self.recipe.student.quantize
+        construction = {"quantize": dataclasses.asdict(quantize)} if quantize else {}
+        export_student(plain_student(model), out_dir, student.name, self.student_kwargs,
                        extra_info={"num_classes": self.num_classes, "classes": self.classes,
                                    "mean": list(self.student_mean),
                                    "std": list(self.student_std), "img_size": self.recipe.data.img_size,
-                                   "crop_pct": self.recipe.data.crop_pct})
+                                   "crop_pct": self.recipe.data.crop_pct, **construction})
+        if quantize is not None:
+            save_packed(core_student(model), out_dir / PACKED_FILE, student.name, self.student_kwargs,
+                        quantize.activation_bits)
 
     def model_identity(self) -> dict[str, Any]:
         return {"model_name": self.recipe.student.name, "model_kwargs": self.student_kwargs}
