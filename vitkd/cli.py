@@ -1,4 +1,5 @@
-"""The `vitkd` command: train, eval, demo, cache-logits, cache-info, embed-targets, import-embeddings, bench.
+"""The `vitkd` command: train, eval, demo, cache-logits, cache-info, embed-targets, import-embeddings, bench, export,
+pipeline.
 
 A recipe argument is a YAML file, or the name of a recipe shipped with the package (`vitkd train demo/vit_plain`;
 see `vitkd.shipped_recipes`). Errors in user input (recipes, paths, checkpoints; `vitkd.errors.is_user_error`) print
