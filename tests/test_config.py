@@ -39,7 +39,8 @@ def _set(section, key, value):
     (_set("data", "on_corrupt", "ignore"),
      r"data\.on_corrupt: 'ignore' is not a valid choice; valid choices: 'fail', 'skip'"),
     (_set("train", "log_every", 0), r"train\.log_every must be > 0, got 0"),
-    (lambda raw: raw.__setitem__("task", "detect"), r"task: unknown task 'detect'; valid tasks: classification"),
+    (lambda raw: raw.__setitem__("task", "detect"), r"task: unknown task 'detect' \(did you mean 'detection'\?\); valid tasks: classification, detection, "
+     r"instance_segmentation, semantic_segmentation"),
 ], ids=["unknown key", "wrong type", "missing value", "unknown model", "invalid choice", "log_every", "unknown task"])
 def test_bad_recipe_values_name_the_key_and_what_is_valid(tiny_recipe, change, message):
     raw = tiny_recipe()

@@ -1,5 +1,5 @@
 """The `vitkd` command: train, eval, demo, cache-logits, cache-info, embed-targets, import-embeddings, bench, export,
-pipeline.
+pipeline, finetune.
 
 A recipe argument is a YAML file, or the name of a recipe shipped with the package (`vitkd train demo/vit_plain`;
 see `vitkd.shipped_recipes`). Errors in user input (recipes, paths, checkpoints; `vitkd.errors.is_user_error`) print
@@ -192,6 +192,17 @@ def _add_export(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=export_command.run)
 
 
+def _add_finetune(subparsers: argparse._SubParsersAction) -> None:
+    from vitkd import finetune
+
+    parser = subparsers.add_parser(
+        "finetune", help="fine-tune a student as a detection / segmentation backbone (det, inst, seg), or evaluate "
+                         "such a run (eval)",
+        description=finetune.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    finetune.add_arguments(parser)
+    parser.set_defaults(handler=finetune.run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vitkd", description="Knowledge distillation of vision transformers.")
     parser.add_argument("--version", action="version", version=f"vitkd {__version__}")
@@ -203,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench(subparsers)
     _add_export(subparsers)
     _add_pipeline(subparsers)
+    _add_finetune(subparsers)
     return parser
 
 

@@ -227,6 +227,93 @@ class TrainConfig:
 
 
 @dataclass
+class DownstreamBackboneConfig:
+    """How the student (the recipe's `student`: timm name, kwargs, and `checkpoint` -- a vitkd run directory, export
+    or weights file; none: random weights) becomes a detection / segmentation backbone.
+
+    `kind`: `plain` (a timm ViT/DeiT: ViTDet's simple feature pyramid from block `block_index`), `hierarchical`
+    (TinyViT, Swin, CNNs: stage outputs `out_indices` into torchvision's FPN) or `auto` (plain for ViTs).
+    `window_size`: ViTDet window attention in every block but `global_blocks` (default 4 evenly spaced); 0: global
+    attention everywhere. `pyramid: false` keeps a plain ViT's stride-16 tokens alone (for the `linear` head).
+    `out_channels`: width of every pyramid level. `freeze`: train the pyramid and heads only (linear probing).
+    `drop_path_rate`: stochastic depth of the student while fine-tuning (null: as the student was built).
+    `layer_decay`: layer-wise lr decay (timm's `layer_decay`): the lr of a layer at depth d below the top is
+    lr * layer_decay ** d (pyramid and heads at lr); null: one lr everywhere.
+    """
+
+    kind: Literal["auto", "plain", "hierarchical"] = "auto"
+    block_index: int = -1
+    window_size: int = 0
+    global_blocks: Optional[list[int]] = None
+    pyramid: bool = True
+    out_channels: int = 256
+    out_indices: Optional[list[int]] = None
+    freeze: bool = False
+    drop_path_rate: Optional[float] = None
+    layer_decay: Optional[float] = None
+
+
+@dataclass
+class DownstreamHeadConfig:
+    """The task head. Detection (torchvision Faster / Mask R-CNN): `anchor_sizes` one per pyramid level (default
+    8 x the level's stride), `aspect_ratios`, torchvision's resize bounds `min_size` / `max_size` (default: the
+    fine-tune size `downstream.data.size`, both), `detections_per_img`, the widths `box_head_width` /
+    `mask_head_width` (torchvision's 1024 / 256). Semantic segmentation: `name` `semantic_fpn` (Kirillov et al.,
+    `channels` wide) or `linear` (a linear map of the ViT's tokens; needs `backbone.pyramid: false`), `dropout`.
+    """
+
+    name: Literal["semantic_fpn", "linear"] = "semantic_fpn"
+    anchor_sizes: Optional[list[int]] = None
+    aspect_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+    min_size: Optional[int] = None
+    max_size: Optional[int] = None
+    detections_per_img: int = 100
+    box_head_width: int = 1024
+    mask_head_width: int = 256
+    channels: int = 128
+    dropout: float = 0.1
+
+
+@dataclass
+class DownstreamDataConfig:
+    """Detection / segmentation data. `dataset`: `digit_scenes` (bundled, written on first use under `root` or the
+    vitkd data folder), `coco` (COCO-format: `root` with `train_images`/`train_annotations` and `val_images`/
+    `val_annotations`, paths relative to it) or `semantic_folder` (ADE20K layout: `root`/images/<split>/ and
+    `root`/annotations/<split>/, splits `train_split` / `val_split`).
+
+    Training augmentation: scale jitter by a factor in `scale_range`, horizontal flip with probability `hflip`, crop
+    or pad to `size` x `size`. `reduce_zero_label` (ADE20K): stored 0 is ignored and v is class v - 1;
+    `ignore_index`: the label that counts in no loss or metric; `num_classes`: the class count (null: the
+    annotations' largest). Loader settings (`batch_size`, `eval_batch_size`, `num_workers`) are the recipe's `data`.
+    """
+
+    dataset: Literal["digit_scenes", "coco", "semantic_folder"] = "digit_scenes"
+    root: Optional[str] = None
+    train_images: str = "train2017"
+    train_annotations: str = "annotations/instances_train2017.json"
+    val_images: str = "val2017"
+    val_annotations: str = "annotations/instances_val2017.json"
+    train_split: str = "training"
+    val_split: str = "validation"
+    size: int = 1024
+    scale_range: tuple[float, float] = (0.1, 2.0)
+    hflip: float = 0.5
+    reduce_zero_label: bool = False
+    ignore_index: int = 255
+    num_classes: Optional[int] = None
+
+
+@dataclass
+class DownstreamConfig:
+    """Fine-tuning the student as a backbone (tasks `detection`, `instance_segmentation`,
+    `semantic_segmentation`): `backbone`, `head` and `data` sections."""
+
+    backbone: DownstreamBackboneConfig = field(default_factory=DownstreamBackboneConfig)
+    head: DownstreamHeadConfig = field(default_factory=DownstreamHeadConfig)
+    data: DownstreamDataConfig = field(default_factory=DownstreamDataConfig)
+
+
+@dataclass
 class Recipe:
     """A whole training recipe. `task`: what is trained, a name registered in `vitkd.tasks` (default
     `classification`: image classification with distillation)."""
@@ -239,6 +326,7 @@ class Recipe:
     losses: list[LossTermConfig] = field(default_factory=lambda: [LossTermConfig(name="ce")])
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    downstream: Optional[DownstreamConfig] = None
 
     @property
     def run_dir(self) -> Path:
@@ -500,6 +588,8 @@ def check_values(recipe: Recipe) -> None:
         raise ConfigError(f"optim.min_lr ({recipe.optim.min_lr:g}) is above optim.lr ({recipe.optim.lr:g})")
     check_student_construction(recipe.student)
     checkpoint_interval(recipe.train.checkpoint_every)
+    if recipe.downstream is not None:
+        check_downstream(recipe.downstream)
     check_library_names(recipe)
 
 
@@ -548,6 +638,47 @@ def check_student_construction(student: StudentConfig) -> None:
         if quantize.split and quantize.weight_bits != 1:
             raise ConfigError(f"student.quantize.split makes a 1-bit student from ternary weights; set "
                               f"weight_bits: 1 (got {quantize.weight_bits})")
+
+
+def check_downstream(downstream: DownstreamConfig) -> None:
+    """`downstream` values that need no model or data: ranges and pairs of keys."""
+    backbone, head, data = downstream.backbone, downstream.head, downstream.data
+    bounded = [("downstream.backbone.window_size", backbone.window_size, 0, True),
+               ("downstream.backbone.out_channels", backbone.out_channels, 0, False),
+               ("downstream.backbone.drop_path_rate", backbone.drop_path_rate, 0, True),
+               ("downstream.backbone.layer_decay", backbone.layer_decay, 0, False),
+               ("downstream.head.min_size", head.min_size, 0, False),
+               ("downstream.head.max_size", head.max_size, 0, False),
+               ("downstream.head.detections_per_img", head.detections_per_img, 0, False),
+               ("downstream.head.box_head_width", head.box_head_width, 0, False),
+               ("downstream.head.mask_head_width", head.mask_head_width, 0, False),
+               ("downstream.head.channels", head.channels, 0, False),
+               ("downstream.data.size", data.size, 0, False),
+               ("downstream.data.num_classes", data.num_classes, 0, False)]
+    for key, value, low, closed in bounded:
+        if value is not None and (value < low if closed else value <= low):
+            raise ConfigError(f"{key} must be {'>=' if closed else '>'} {low}, got {value:g}")
+    if backbone.layer_decay is not None and backbone.layer_decay > 1:
+        raise ConfigError(f"downstream.backbone.layer_decay must be in (0, 1], got {backbone.layer_decay:g}")
+    if backbone.drop_path_rate is not None and backbone.drop_path_rate >= 1:
+        raise ConfigError(f"downstream.backbone.drop_path_rate must be in [0, 1), got {backbone.drop_path_rate:g}")
+    if not 0.0 <= head.dropout < 1.0:
+        raise ConfigError(f"downstream.head.dropout must be in [0, 1), got {head.dropout:g}")
+    if head.anchor_sizes is not None and (not head.anchor_sizes or min(head.anchor_sizes) <= 0):
+        raise ConfigError(f"downstream.head.anchor_sizes must be positive pixel sizes, one per pyramid level, got "
+                          f"{head.anchor_sizes}")
+    if not head.aspect_ratios or min(head.aspect_ratios) <= 0:
+        raise ConfigError(f"downstream.head.aspect_ratios must be positive height/width ratios, got "
+                          f"{head.aspect_ratios}")
+    if head.min_size and head.max_size and head.min_size > head.max_size:
+        raise ConfigError(f"downstream.head.min_size ({head.min_size}) is above max_size ({head.max_size})")
+    if not 0 < data.scale_range[0] <= data.scale_range[1]:
+        raise ConfigError(f"downstream.data.scale_range must be [low, high] with 0 < low <= high, got "
+                          f"{list(data.scale_range)}")
+    if not 0.0 <= data.hflip <= 1.0:
+        raise ConfigError(f"downstream.data.hflip must be in [0, 1], got {data.hflip:g}")
+    if data.dataset != "digit_scenes" and not data.root:
+        raise ConfigError(f"downstream.data.root is required when downstream.data.dataset is '{data.dataset}'")
 
 
 def checkpoint_interval(value: Optional[Union[int, str]]) -> tuple[Optional[int], Optional[float]]:

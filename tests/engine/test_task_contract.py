@@ -124,7 +124,8 @@ def test_unknown_task_names_the_valid_ones(regression_recipe):
     recipe = regression_recipe()
     recipe.task = "clasification"
     with pytest.raises(ConfigError, match=r"task: unknown task 'clasification' \(did you mean 'classification'\?\); "
-                                          r"valid tasks: classification, regression"):
+                                          r"valid tasks: classification, detection, instance_segmentation, "
+                                          r"regression, semantic_segmentation"):
         resolve_recipe(recipe)
 
 

@@ -52,6 +52,8 @@ class Task:
         train_loader: yields the batches `training_step` takes; its sampler has `set_epoch`.
         key_metric: the metric of `evaluate` that decides the `best` checkpoint and export.
         higher_is_better: the direction of `key_metric`.
+        layer_decay: layer-wise lr decay of the optimizer over `trainable` (timm's `layer_decay`, from the module's
+            `group_matcher`); None: every parameter at the schedule's lr.
     """
 
     model: nn.Module
@@ -59,6 +61,7 @@ class Task:
     train_loader: Iterable
     key_metric: str
     higher_is_better: bool = True
+    layer_decay: Optional[float] = None
 
     @staticmethod
     def resolve_recipe(recipe: Recipe) -> Recipe:

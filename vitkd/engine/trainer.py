@@ -77,7 +77,8 @@ class Trainer:
     def _build_optimization(self) -> None:
         optim = self.recipe.optim
         self.optimizer = create_optimizer_v2(self.task.trainable, opt=optim.opt, lr=optim.lr,
-                                             weight_decay=optim.weight_decay, momentum=optim.momentum)
+                                             weight_decay=optim.weight_decay, momentum=optim.momentum,
+                                             layer_decay=self.task.layer_decay)
         self.steps_per_epoch = updates_per_epoch(self.task.train_loader, self.recipe.train.max_steps_per_epoch)
         self.scheduler, _ = create_scheduler_v2(
             self.optimizer, sched=optim.sched, num_epochs=self.recipe.train.epochs, warmup_epochs=optim.warmup_epochs,

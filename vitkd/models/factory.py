@@ -168,8 +168,12 @@ def _short(items: list[str], limit: int = 4) -> str:
     return f"[{shown}{', ...' if len(items) > limit else ''}] ({len(items)} in all)"
 
 
-def load_model_from_path(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a model from a vitkd export or run directory alone (the name and kwargs are stored beside it)."""
+def load_model_from_path(path: str | Path,
+                         kwarg_overrides: Optional[dict] = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a model from a vitkd export or run directory alone (the name and kwargs are stored beside it).
+
+    `kwarg_overrides`: timm kwargs that change how the stored architecture runs, not its weights (a fine-tune's
+    `drop_path_rate`); they replace the stored values when building."""
     weights = resolve_checkpoint(path)
     info_path = weights.parent / EXPORT_INFO
     if weights.suffix == ".safetensors" and info_path.is_file():
@@ -182,7 +186,7 @@ def load_model_from_path(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     kwargs = info.get("kwargs") or {}
     if isinstance(kwargs, str):
         kwargs = json.loads(kwargs)
-    model = build_model(info["model"], kwargs, str(weights))
+    model = build_model(info["model"], {**kwargs, **(kwarg_overrides or {})}, str(weights))
     return model, info
 
 

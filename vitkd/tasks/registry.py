@@ -13,9 +13,13 @@ from vitkd.engine.distributed import DistributedContext
 from vitkd.engine.task import Task
 from vitkd.errors import ConfigError
 from vitkd.tasks.classification.task import ClassificationTask
+from vitkd.tasks.downstream import DetectionTask, InstanceSegmentationTask, SemanticSegmentationTask
 
 TASKS: dict[str, type[Task]] = {
     "classification": ClassificationTask,
+    "detection": DetectionTask,
+    "instance_segmentation": InstanceSegmentationTask,
+    "semantic_segmentation": SemanticSegmentationTask,
 }
 
 
