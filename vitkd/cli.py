@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Callable, Optional
 
 from vitkd import __version__
@@ -73,6 +74,12 @@ def _run_eval(args: argparse.Namespace) -> int:
     from vitkd.tasks.classification.evaluate import check_head_matches_classes, evaluate
     from vitkd.models.factory import build_model, load_model_from_path
 
+    downstream_task = _downstream_task_of(args.weights)
+    if downstream_task:  # a detection / segmentation run: its recipe names its data and metrics
+        from vitkd.finetune import evaluate_run
+
+        print(json.dumps(evaluate_run(Path(args.weights), [], device=args.device), indent=2))
+        return 0
     if args.model:
         try:
             model_kwargs = json.loads(args.model_kwargs)
@@ -100,6 +107,19 @@ def _run_eval(args: argparse.Namespace) -> int:
     if context.is_main:
         print(json.dumps(metrics, indent=2))
     return 0
+
+
+def _downstream_task_of(weights: str) -> Optional[str]:
+    """The task a fine-tuning run directory's recipe names (detection, ...), else None (a classification run,
+    an export or a weights file)."""
+    from vitkd.config import load_raw_recipe
+    from vitkd.finetune import TASK_WORDS
+
+    config = Path(weights) / "config.yaml"
+    if not config.is_file():
+        return None
+    task = load_raw_recipe(config).get("task")
+    return task if task in TASK_WORDS.values() else None
 
 
 def _add_demo(subparsers: argparse._SubParsersAction) -> None:

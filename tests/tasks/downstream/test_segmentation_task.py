@@ -55,6 +55,15 @@ def test_fine_tune_beats_the_untrained_model_exports_and_evaluates_again(straigh
     assert again["epoch"] == summary["best_epoch"] and again["mIoU"] == pytest.approx(summary["best_mIoU"])
 
 
+def test_vitkd_eval_of_a_fine_tuning_run_evaluates_it_as_its_task(straight, capsys):
+    from vitkd.cli import main
+
+    trainer, _, summary = straight
+    assert main(["eval", str(trainer.run_dir), "--device", "cpu"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["task"] == "semantic_segmentation" and printed["mIoU"] == pytest.approx(summary["best_mIoU"])
+
+
 def test_resume_gives_the_weights_of_an_uninterrupted_run(straight, scenes, tmp_path, interrupt_training):
     disarm = interrupt_training(1)
     with pytest.raises(KeyboardInterrupt):
