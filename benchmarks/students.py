@@ -14,7 +14,9 @@ Run from the repository root (about 2-4 minutes on 2 CPU cores with the defaults
     HF_HUB_OFFLINE=1 python benchmarks/students.py --models deit_tiny_patch16_224 tiny_vit_5m_224 --runtime torch \
         --device cuda
 
-Reports are rewritten after each model; `--resume` skips models already in `<out>/bench.json`.
+All models are built first and timed together in interleaved rounds (each round times every model in turn, so
+drift of the machine hits them alike); the reports are written once the timings end, and `--resume` skips models
+already in `<out>/bench.json` (those are then not in the same rounds as the rest: the report's notes say so).
 Latency figures are only as quiet as the machine: check the Spread column before quoting one. The ONNX Runtime
 columns need the deploy extra (`pip install -e '.[deploy]'`); the printed ranking lines say where the order of
 the models by batch-1 latency differs between the runtimes.

@@ -101,6 +101,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     # the model's own class names (recorded by vitkd exports) label the split, so its labels match the head
     loader = build_eval_loader(args.dataset, args.root, img_size, args.batch_size, mean, std, split=args.split,
                                crop_pct=info.get("crop_pct", 0.875), classes=info.get("classes"),
+                               interpolation=info.get("interpolation", "bicubic"),
                                rank=context.rank, world_size=context.world_size)
     check_head_matches_classes(model, loader.dataset, args.weights)
     metrics = evaluate(model.to(context.device), loader, context.device, context=context, progress=True)

@@ -65,7 +65,8 @@ def test_declared_class_count_mismatch_names_model_and_both_counts():
                                   [f"class{i}" for i in range(100)])
     loader = DataLoader(dataset, batch_size=2)
     assert dataset_class_count(loader) == 100
-    with pytest.raises(ClassCountMismatchError, match=r"'tiny-student' has 10 output classes.*100 classes"):
+    with pytest.raises(ClassCountMismatchError, match=r"model 'tiny-student': the model's head has 10 classes "
+                       r"but the dataset has 100 classes; .* num_classes=100"):
         evaluate_accuracy(LogitsFromPixels(10), loader, "cpu", model_name="tiny-student", progress=False)
 
 
@@ -76,7 +77,8 @@ class HeadWithoutAttribute(nn.Module):
 
 def test_labels_beyond_the_head_are_reported_when_the_dataset_declares_nothing():
     batches = [(torch.zeros(2, 1, 1, 6), torch.tensor([1, 7]))]
-    with pytest.raises(ClassCountMismatchError, match=r"'headless' has 6 output classes.*labels up to 7"):
+    with pytest.raises(ClassCountMismatchError, match=r"model 'headless': the model's head has 6 classes but the "
+                       r"dataset has labels up to 7, so at least 8 classes"):
         evaluate_accuracy(HeadWithoutAttribute(), batches, "cpu", model_name="headless", progress=False)
 
 

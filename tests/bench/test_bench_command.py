@@ -50,7 +50,7 @@ def test_accuracy_on_the_bundled_digits(capsys):
 
 def test_dataset_with_other_class_count_is_refused():
     spec = "vit_tiny_patch16_224:img_size=32,patch_size=8,depth=1,num_classes=100"
-    with pytest.raises(ClassCountMismatchError, match=r"100 output classes.*10 classes"):
+    with pytest.raises(ClassCountMismatchError, match=r"head has 100 classes but the dataset has 10 classes"):
         run(parse([spec, "--dataset", "digits", *QUICK]))
 
 
@@ -70,7 +70,7 @@ def test_both_runtimes_and_int8_in_one_table_and_in_the_files(tmp_path, capsys):
     assert run(parse([STUDENT, "--runtime", "both", "--ort-int8", "--dataset", "digits", "--out", str(out),
                       *QUICK, "--batch-size", "64"])) == 0  # 6 evaluation batches per runtime, not 90
     printed = capsys.readouterr().out
-    assert "Runtime" in printed and "vs torch" in printed and "File MiB" in printed
+    assert "Runtime" in printed and "vs torch" in printed and "Stored MiB" in printed and "Bits" in printed
     assert "onnxruntime-int8" in printed and "intra_op_num_threads" in printed
     records = read_records(out / "bench.json")
     assert [record.runtime for record in records] == ["torch", "onnxruntime", "onnxruntime-int8"]
@@ -82,9 +82,10 @@ def test_both_runtimes_and_int8_in_one_table_and_in_the_files(tmp_path, capsys):
         assert record.top1 is not None and 0 <= record.top1 <= 100
     assert onnx_record.top1 == pytest.approx(torch_record.top1, abs=0.3)  # same function, float32 round-off
     onnx_file, int8_file = sorted((out / "onnx").glob("*.onnx"), key=lambda path: ".int8." in path.name)
-    assert onnx_record.model_file_bytes == onnx_file.stat().st_size
-    assert int8_record.model_file_bytes == int8_file.stat().st_size
-    assert int8_record.model_file_bytes < onnx_record.model_file_bytes
+    assert onnx_record.stored_bytes == onnx_file.stat().st_size
+    assert int8_record.stored_bytes == int8_file.stat().st_size
+    assert int8_record.stored_bytes < onnx_record.stored_bytes
+    assert [record.weight_bits for record in records] == [32, 32, 8]
     assert read_records(out / "bench.csv") == records
     assert (out / "bench.png").read_bytes().startswith(b"\x89PNG")
 
@@ -92,3 +93,25 @@ def test_both_runtimes_and_int8_in_one_table_and_in_the_files(tmp_path, capsys):
 def test_int8_without_onnxruntime_is_refused():
     with pytest.raises(ValueError, match="--ort-int8 needs --runtime onnxruntime or --runtime both"):
         run(parse([STUDENT, "--ort-int8", *QUICK]))
+
+
+def test_under_torchrun_other_ranks_measure_and_write_nothing(tmp_path, monkeypatch, capsys):
+    from vitkd.cli import main
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["bench", STUDENT, "--out", str(tmp_path / "bench"), *QUICK]) == 0
+    assert not (tmp_path / "bench").exists()
+    assert capsys.readouterr() == ("", "")
+
+
+def test_under_torchrun_rank_0_measures_and_says_the_others_were_idle(tmp_path, monkeypatch, capsys):
+    from vitkd.cli import main
+
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["bench", STUDENT, "--out", str(tmp_path / "bench"), *QUICK]) == 0
+    assert (tmp_path / "bench" / "bench.json").is_file()
+    idle = [line for line in capsys.readouterr().err.splitlines() if "idle" in line]
+    assert idle == ["vitkd bench: only rank 0 measures; the other processes of this launch (1) stay idle "
+                    "(timings with processes competing for the cores would not mean anything)"]

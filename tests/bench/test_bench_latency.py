@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from vitkd.bench import RuntimeOptions, TimingSettings, measure_latency, time_forward
-from vitkd.bench.latency import percentile
+from vitkd.bench.latency import TimedForward, percentile, time_interleaved
 
 
 class FakeClock:
@@ -142,3 +142,50 @@ def test_percentile_interpolates_between_ranks():
 def test_invalid_settings_are_rejected(bad):
     with pytest.raises(ValueError):
         TimingSettings(**bad)
+
+
+def test_interleaved_rounds_alternate_between_models_and_keep_each_models_own_samples():
+    clock = FakeClock()
+    order = []
+
+    def subject(label: str, seconds: float, batch_size: int) -> TimedForward:
+        def forward() -> None:
+            order.append(label)
+            clock.advance(seconds)
+
+        return TimedForward(label=label, forward=forward, batch_size=batch_size)
+
+    fast, slow = subject("fast", 0.002, 1), subject("slow", 0.008, 4)
+    settings = TimingSettings(warmup_iterations=1, iterations_per_round=2, min_rounds=3, time_budget_s=100.0)
+    rounds = []
+    fast_result, slow_result = time_interleaved([fast, slow], settings=settings, clock=clock, on_round=rounds.append)
+    # warm-up of each model first (untimed), then round r: model 1's round, then model 2's round
+    assert order == ["fast", "slow"] + ["fast", "fast", "slow", "slow"] * 3
+    assert rounds == [1, 2, 3]
+    assert fast_result.forward_ms == pytest.approx((2.0,) * 6) and slow_result.forward_ms == pytest.approx((8.0,) * 6)
+    assert fast_result.throughput == pytest.approx(500.0) and slow_result.throughput == pytest.approx(500.0)
+    assert fast_result.stop_reason == slow_result.stop_reason == "converged"
+
+
+def test_interleaved_rounds_go_on_until_every_model_is_steady_or_the_shared_budget_ends():
+    clock = FakeClock()
+    steady_calls = []
+
+    def steady() -> None:
+        steady_calls.append(None)
+        clock.advance(0.010)
+
+    noisy_durations = iter([0.010, 0.020] * 50)
+
+    def noisy() -> None:
+        clock.advance(next(noisy_durations))
+
+    settings = TimingSettings(warmup_iterations=0, iterations_per_round=1, min_rounds=2, time_budget_s=0.045)
+    steady_result, noisy_result = time_interleaved(
+        [TimedForward("steady", steady, 1), TimedForward("noisy", noisy, 1)], settings=settings, clock=clock)
+    # the steady model converged at round 2 but keeps being timed beside the noisy one until the budget of
+    # 2 x 0.045 s of timed rounds is spent: rounds take 0.020, 0.030, 0.020, 0.030 s, so 0.09 s after round 4
+    assert steady_result.stop_reason == noisy_result.stop_reason == "time budget"
+    assert len(steady_calls) == len(steady_result.forward_ms) == len(noisy_result.forward_ms) == 4
+    assert steady_result.relative_spread == pytest.approx(0.0, abs=1e-6)
+    assert noisy_result.round_medians_ms == pytest.approx((10.0, 20.0, 10.0, 20.0))

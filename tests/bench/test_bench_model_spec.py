@@ -80,3 +80,18 @@ def test_a_checkpoint_for_another_shape_is_a_clear_error(tmp_path):
     save_file({key: value.contiguous() for key, value in source.state_dict().items()}, str(weights))
     with pytest.raises(BenchInputError, match=r"does not fit"):
         build_from_spec(f"vit_tiny_patch16_224:img_size=32,patch_size=8,depth=2,num_classes=10@{weights}")
+
+
+def test_a_run_with_a_packed_export_builds_the_low_bit_student_with_its_activation_quantisers(tmp_path):
+    from tests.bench.test_bench_suite import make_low_bit_run
+
+    student, export = make_low_bit_run(tmp_path / "run", activation_bits=8)
+    images = torch.randn(2, 3, 16, 16)
+    for spec in (tmp_path / "run", export, export / "student.packed.safetensors"):
+        built = build_from_spec(str(spec))
+        assert built.packed_file == export / "student.packed.safetensors" and built.info["img_size"] == 16
+        with torch.no_grad():
+            torch.testing.assert_close(built.model.eval()(images), student.eval()(images), atol=1e-5, rtol=1e-5)
+            assert not torch.equal(built.traceable_model.eval()(images), built.model(images))  # 8-bit activations
+    float_export = build_from_spec(str(export / "student.safetensors"))
+    assert float_export.packed_file is None and float_export.weights_file == export / "student.safetensors"

@@ -76,12 +76,12 @@ def test_unreadable_reports_are_rejected_clearly(tmp_path):
 def test_runtime_rows_show_runtime_ratio_and_file_size_and_round_trip(tmp_path):
     torch_row = make_record()
     onnx_row = make_record(runtime="onnxruntime", latency_ms_median=10.625, peak_memory_bytes=None,
-                           model_file_bytes=3 * 2**20, speedup_vs_torch=2.0)
+                           stored_bytes=3 * 2**20, speedup_vs_torch=2.0)
     plain = format_table([torch_row])
-    assert "Runtime" not in plain and "vs torch" not in plain and "File MiB" not in plain
+    assert "Runtime" not in plain and "vs torch" not in plain and "Stored MiB" not in plain
     table = format_table([torch_row, onnx_row])
     header, _, first, second = table.splitlines()[:4]
-    assert header.split()[:2] == ["Model", "Runtime"] and "vs torch" in header and "File MiB" in header
+    assert header.split()[:2] == ["Model", "Runtime"] and "vs torch" in header and "Stored MiB" in header
     assert "torch" in first and "onnxruntime" in second and "2.00x" in second and "3.00" in second
     assert "intra_op_num_threads" in table
     paths = write_reports([torch_row, onnx_row], tmp_path)
@@ -92,7 +92,8 @@ def test_runtime_rows_show_runtime_ratio_and_file_size_and_round_trip(tmp_path):
 def test_version_1_reports_read_as_torch_records(tmp_path):
     record = make_record()
     values = {key: value for key, value in record.to_dict().items()
-              if key not in ("runtime", "model_file_bytes", "speedup_vs_torch", "measured_with")}
+              if key not in ("runtime", "stored_bytes", "speedup_vs_torch", "measured_with", "weight_bits",
+                             "timing_group")}
     old = tmp_path / "bench.json"
     old.write_text(json.dumps({"format": "vitkd.bench.records", "version": 1, "records": [values]}))
     assert read_records(old) == [record]
@@ -103,3 +104,34 @@ def test_models_below_one_gflop_are_shown_in_mflops():
     header, _, row = table.splitlines()[:3]
     assert "MFLOPs" in header and "GFLOPs" not in header and "Train MFLOPs/img" in header
     assert "7.89" in row and "23.67" in row
+
+
+def test_version_2_reports_read_their_file_size_as_the_stored_size(tmp_path):
+    record = make_record(runtime="onnxruntime", stored_bytes=3 * 2**20, peak_memory_bytes=None)
+    values = {key: value for key, value in record.to_dict().items()
+              if key not in ("stored_bytes", "weight_bits", "timing_group")}
+    old = tmp_path / "bench.json"
+    old.write_text(json.dumps({"format": "vitkd.bench.records", "version": 2,
+                               "records": [{**values, "model_file_bytes": 3 * 2**20}]}))
+    assert read_records(old) == [record]
+
+
+def test_bits_and_stored_size_columns_scale_to_kib_for_small_models():
+    packed = make_record(name="run/1bit", weight_bits=1, stored_bytes=3 * 1024 + 512)
+    float_row = make_record(name="run/float", weight_bits=32, stored_bytes=200 * 1024)
+    header, _, first, second = format_table([packed, float_row]).splitlines()[:4]
+    assert "Bits" in header and "Stored KiB" in header and "Stored MiB" not in header
+    assert first.split()[-2:] == ["1", "3.5"] and second.split()[-2:] == ["32", "200.0"]
+    assert "low-bit rows (run/1bit): the packed export rebuilt as a float timm model" in format_table([packed])
+    big = make_record(weight_bits=32, stored_bytes=3 * 2**20)
+    assert "Stored MiB" in format_table([big]).splitlines()[0]
+
+
+def test_notes_name_the_interleaved_runs_rows_came_from():
+    first = make_record(name="a", timing_group="2026-01-01T00:00:00Z (2 models)")
+    second = make_record(name="b", timing_group="2026-01-01T00:00:00Z (2 models)")
+    resumed = make_record(name="c", timing_group="2026-01-02T00:00:00Z (1 model)")
+    assert "measured in interleaved rounds (each round times every model in turn" in format_table([first, second])
+    notes = format_table([first, second, resumed])
+    assert ("in 2 runs: 2026-01-01T00:00:00Z (2 models): a, b; 2026-01-02T00:00:00Z (1 model): c" in notes)
+    assert "interleaved" not in format_table([make_record()])

@@ -1,8 +1,8 @@
 """Top-1 / top-5 accuracy of a classifier over an evaluation loader.
 
 The metrics come from the package's one evaluation loop, `vitkd.tasks.classification.evaluate.evaluate` (as in
-`vitkd eval` and the trainer); this module adapts bench loaders and options to it and adds the class-count checks
-that name the model (`ClassCountMismatchError`).
+`vitkd eval` and the trainer), and so do the class-count checks (`check_head_matches_classes` and its per-batch
+form, raising `ClassCountMismatchError` naming the model); this module adapts bench loaders and options to them.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from torch import nn
 
 from vitkd.bench.input_size import model_display_name
 from vitkd.bench.runtime import RuntimeOptions, prepare_model
-from vitkd.errors import ClassCountMismatchError
+from vitkd.tasks.classification.evaluate import (check_head_matches_classes, check_logits_match_classes,
+                                                 dataset_class_count, evaluate, model_class_count)
 
 __all__ = ["Accuracy", "dataset_class_count", "evaluate_accuracy", "model_class_count"]
 
@@ -31,29 +32,6 @@ class Accuracy(NamedTuple):
     top5: float
 
 
-def dataset_class_count(loader: Iterable[Any]) -> int | None:
-    """Number of classes the loader's dataset declares, or `None` if it declares none.
-
-    Looks for a `classes` list or an integer `num_classes` on the loader, its `dataset`, and any dataset that
-    dataset wraps through a `dataset` or `base` attribute (torch `Subset`, vitkd's transform wrappers).
-    """
-    pending: list[Any] = [loader]
-    visited: set[int] = set()
-    while pending:
-        owner = pending.pop(0)
-        if owner is None or id(owner) in visited:
-            continue
-        visited.add(id(owner))
-        classes = getattr(owner, "classes", None)
-        if classes is not None:
-            return len(classes)
-        num_classes = getattr(owner, "num_classes", None)
-        if isinstance(num_classes, int):
-            return num_classes
-        pending.extend([getattr(owner, "dataset", None), getattr(owner, "base", None)])
-    return None
-
-
 class _Batch(NamedTuple):
     """The `images` / `labels` view of a batch that `evaluate` reads."""
 
@@ -66,22 +44,6 @@ def _images_and_labels(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
     if hasattr(batch, "images") and hasattr(batch, "labels"):
         return batch.images, batch.labels
     return batch[0], batch[1]
-
-
-def model_class_count(model: nn.Module) -> int | None:
-    """Width of the model's classifier head (`model.num_classes`, timm's convention), or `None` if not declared."""
-    num_classes = getattr(model, "num_classes", None)
-    return num_classes if isinstance(num_classes, int) else None
-
-
-def _class_mismatch(model_name: str, model_classes: int, dataset_classes: int, *,
-                    from_labels: bool = False) -> ClassCountMismatchError:
-    dataset_description = (f"labels up to {dataset_classes - 1}, so at least {dataset_classes} classes" if from_labels
-                           else f"{dataset_classes} classes")
-    return ClassCountMismatchError(
-        f"model {model_name!r} has {model_classes} output classes but the evaluation dataset has "
-        f"{dataset_description}; build the model with num_classes={dataset_classes} or evaluate on a matching dataset"
-    )
 
 
 def evaluate_accuracy(model: nn.Module, loader: Iterable[Any], device: str | torch.device = "cpu", *,
@@ -103,41 +65,30 @@ def evaluate_accuracy(model: nn.Module, loader: Iterable[Any], device: str | tor
             model's head width.
         ValueError: the loader is empty.
     """
-    # Imported here: importing `vitkd.tasks` loads the task registry (training, caching), which FLOP counting,
-    # latency and the rest of vitkd.bench do not need.
-    from vitkd.tasks.classification.evaluate import evaluate
-
     model_name = model_name or model_display_name(model)
+    source = f"model {model_name!r}"
     options = options or RuntimeOptions(device=str(device))
+    check_head_matches_classes(model, loader, source)
     dataset_classes = dataset_class_count(loader)
-    model_classes = model_class_count(model)
-    if model_classes is not None and dataset_classes is not None and model_classes != dataset_classes:
-        raise _class_mismatch(model_name, model_classes, dataset_classes)
-    largest_label = -1  # of the batch being evaluated
 
     def batches() -> Iterator[_Batch]:
-        nonlocal largest_label
         for batch in loader:
             images, labels = _images_and_labels(batch)
             if labels.numel() == 0:  # every image of the batch was skipped (e.g. corrupt files)
                 continue
-            largest_label = int(labels.max())
             yield _Batch(images.contiguous(memory_format=options.memory_format), labels)
 
     def check_head(module: nn.Module, inputs: Any, logits: Any) -> None:
-        """Forward hook: the head's width against the dataset, before `evaluate` scores the batch."""
-        output_classes = logits.shape[-1]
-        if dataset_classes is not None and dataset_classes != output_classes:
-            raise _class_mismatch(model_name, output_classes, dataset_classes)
-        if largest_label >= output_classes:
-            raise _class_mismatch(model_name, output_classes, largest_label + 1, from_labels=True)
+        """Forward hook: the head's width against the declared classes (for models that declare no `num_classes`);
+        labels beyond the head are caught by `evaluate` itself."""
+        check_logits_match_classes(logits.shape[-1], dataset_classes, -1, source)
 
     prepare_model(model, options, allow_compile=False)
     hook = model.register_forward_hook(check_head)
     try:
         metrics = evaluate(model, batches(), options.torch_device, options.amp_dtype,  # type: ignore[arg-type]
                            progress=sys.stderr.isatty() if progress is None else progress,
-                           description=f"accuracy {model_name}")
+                           description=f"accuracy {model_name}", source=source)
     finally:
         hook.remove()
     if metrics["images"] == 0:

@@ -9,11 +9,16 @@ Examples::
 
 User errors (unknown model, impossible input size, class-count mismatch, bad checkpoint) are raised as
 `ValueError`s with a message naming the culprit; `vitkd`'s entry point prints that line and exits with status 2.
+
+Under torchrun (`WORLD_SIZE` > 1) only rank 0 measures and writes: latency with several processes competing for the
+same cores would measure the competition. The other ranks return 0 at once, printing nothing; rank 0 says they were
+idle.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from vitkd.bench.latency import TimingSettings
@@ -27,7 +32,7 @@ SPEC_HELP = (
     "model spec: a timm name (built with pretrained=False), optionally with timm kwargs and local weights, "
     "NAME[:KEY=VALUE,...][@CHECKPOINT], e.g. vit_tiny_patch16_224:img_size=32,num_classes=10 or "
     "deit_tiny_patch16_224@student.safetensors; or a checkpoint file, export or vitkd run directory that records "
-    "its model name"
+    "its model name (with a student.packed.safetensors there: the low-bit model it rebuilds)"
 )
 
 
@@ -48,8 +53,10 @@ def _positive_float(text: str) -> float:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add `vitkd bench`'s arguments to `parser`."""
     parser.description = ("Profile models: parameters, FLOPs (1 multiply-add = 1 FLOP), activations, batch-1 "
-                          "latency, throughput, peak memory and, with --dataset, top-1/top-5; optionally as ratios "
-                          "against a teacher.")
+                          "latency, throughput (all models timed in interleaved rounds), peak memory, bits per stored "
+                          "weight and stored size and, with --dataset, top-1/top-5; optionally as ratios against a "
+                          "teacher. A run or export directory holding a packed low-bit export is benched as the "
+                          "low-bit model it rebuilds.")
     parser.add_argument("models", nargs="+", metavar="MODEL", help=SPEC_HELP)
     parser.add_argument("--teacher", metavar="MODEL", help="teacher spec (same syntax); adds speed-up, parameter and "
                         "FLOP reduction and accuracy-retained columns")
@@ -68,11 +75,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", help="dataset root for --dataset folder (root/<split>/<class>/*)")
     parser.add_argument("--split", default="val", help="dataset split to evaluate (default: val)")
     parser.add_argument("--out", metavar="DIR", help=f"write {', '.join(REPORT_FILE_NAMES.values())} and "
-                        f"{PLOT_FILE_NAME} here (rewritten after every model)")
+                        f"{PLOT_FILE_NAME} here (rewritten after each model's evaluation, once all are timed)")
     parser.add_argument("--resume", action="store_true", help="with --out, reuse models already in DIR/bench.json")
     parser.add_argument("--time-budget", type=_positive_float, default=10.0, metavar="SECONDS",
-                        help="seconds of timed rounds per latency and per throughput measurement; at least 3 rounds "
-                             "always run (default: 10)")
+                        help="seconds of timed rounds per latency and per throughput measurement (all models are timed "
+                             "in interleaved rounds, so the rounds end after SECONDS x the number of measurements); "
+                             "at least 3 rounds always run (default: 10)")
     parser.add_argument("--warmup", type=int, default=3, metavar="N",
                         help="untimed forwards before each timing (default: 3)")
     parser.add_argument("--runtime", choices=sorted(RUNTIME_CHOICES), default="torch",
@@ -98,8 +106,21 @@ def settings_from_args(args: argparse.Namespace) -> SuiteSettings:
     )
 
 
+def launched_processes() -> tuple[int, int]:
+    """(rank, world size) of a torchrun launch from its environment; (0, 1) for a plain process."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def run(args: argparse.Namespace) -> int:
-    """Profile the models, print the table, and write reports and the plot when `--out` is given; returns 0."""
+    """Profile the models, print the table, and write reports and the plot when `--out` is given; returns 0.
+
+    Under torchrun, ranks other than 0 return 0 at once (see the module docstring)."""
+    rank, world_size = launched_processes()
+    if rank != 0:
+        return 0
+    if world_size > 1:
+        print(f"vitkd bench: only rank 0 measures; the other processes of this launch ({world_size - 1}) stay idle "
+              "(timings with processes competing for the cores would not mean anything)", file=sys.stderr)
     if args.resume and not args.out:
         raise ValueError("--resume needs --out DIR (the reports it resumes from)")
     settings = settings_from_args(args)

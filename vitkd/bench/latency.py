@@ -10,6 +10,9 @@ Rounds repeat until the round medians agree (relative spread at most `target_rel
 
 Reported: the median and 90th percentile of all timed forwards (ms per batch), the relative spread of the round
 medians, `(max - min) / median`, so a noisy figure shows as noisy, and throughput = batch size / median (images/s).
+Several models measured in one report are timed in interleaved rounds (`time_interleaved`: round r times model 1,
+model 2, ... in turn), so drift of the machine during the measurement shows in every model alike instead of
+reading as a speed difference between models timed one after the other.
 The clock is injectable (`clock=`) so tests can check the mechanics without wall time.
 """
 
@@ -26,7 +29,8 @@ from torch import nn
 from vitkd.bench.input_size import InputSize
 from vitkd.bench.runtime import RuntimeOptions, example_batch, inference_context, prepare_model, synchronize
 
-__all__ = ["Clock", "TimingResult", "TimingSettings", "measure_latency", "percentile", "time_forward"]
+__all__ = ["Clock", "TimedForward", "TimingResult", "TimingSettings", "measure_latency", "percentile", "time_forward",
+           "time_interleaved"]
 
 Clock = Callable[[], float]
 """Returns the current time in seconds (monotonic), like `time.perf_counter`."""
@@ -112,6 +116,102 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[lower] + (ordered[upper] - ordered[lower]) * (position - lower)
 
 
+@dataclass(frozen=True)
+class TimedForward:
+    """One thing to time in interleaved rounds: a bound forward and the images it processes per call.
+
+    Attributes:
+        label: names the subject (for logs and tests).
+        forward: runs one forward of `batch_size` images (already bound to its input).
+        batch_size: images per call, for throughput.
+        wait: called after each forward before reading the clock (CUDA synchronisation).
+    """
+
+    label: str
+    forward: Callable[[], Any]
+    batch_size: int
+    wait: Callable[[], None] = lambda: None
+
+
+def _round_size(subject: TimedForward, settings: TimingSettings, clock: Clock) -> int:
+    """Run the subject's untimed warmup forwards; forwards per round (fixed, or sized from the last warmup)."""
+    warmup_seconds = 0.0
+    for _ in range(settings.warmup_iterations):
+        started = clock()
+        subject.forward()
+        subject.wait()
+        warmup_seconds = clock() - started
+    if settings.iterations_per_round is not None:
+        return settings.iterations_per_round
+    round_target_seconds = settings.time_budget_s / 10
+    return max(1, min(1000, int(round_target_seconds / warmup_seconds))) if warmup_seconds > 0 else 1
+
+
+def _relative_spread(round_medians: Sequence[float]) -> float:
+    return (max(round_medians) - min(round_medians)) / max(statistics.median(round_medians), 1e-12)
+
+
+def time_interleaved(subjects: Sequence[TimedForward], *, settings: TimingSettings = TimingSettings(),
+                     clock: Clock = time.perf_counter,
+                     on_round: Callable[[int], None] | None = None) -> list[TimingResult]:
+    """Time several forwards in interleaved rounds, so that machine drift hits all of them alike.
+
+    Every subject first runs its untimed warmup forwards (in order). Then round r runs subject 1's round, subject 2's
+    round, ... (each `iterations_per_round` forwards, or sized from its last warmup forward as in `time_forward`),
+    each round's samples appended to that subject's own series. Every round times every subject, and rounds repeat
+    until, after `min_rounds`, every subject's spread of round medians is at most `target_relative_spread`
+    ("converged"), or `time_budget_s` per subject (`time_budget_s * len(subjects)` in all) of timed rounds is spent
+    ("time budget"), or `max_rounds` is reached; all subjects share the stop reason and the number of rounds. With
+    one subject this is exactly `time_forward`.
+
+    Args:
+        subjects: what to time, in the order each round visits them.
+        settings: warmup, round size and stopping rule, applied to every subject.
+        clock: current time in seconds; injectable for tests.
+        on_round: called with the number of finished rounds after each round (progress).
+
+    Returns:
+        one `TimingResult` per subject, in the order given, each from that subject's samples only.
+    """
+    if not subjects:
+        return []
+    iterations = [_round_size(subject, settings, clock) for subject in subjects]
+    forward_seconds: list[list[float]] = [[] for _ in subjects]
+    round_medians: list[list[float]] = [[] for _ in subjects]
+    budget_seconds = settings.time_budget_s * len(subjects)
+    budget_started = clock()
+    rounds = 0
+    while True:
+        for index, subject in enumerate(subjects):
+            round_seconds = []
+            for _ in range(iterations[index]):
+                started = clock()
+                subject.forward()
+                subject.wait()
+                round_seconds.append(clock() - started)
+            forward_seconds[index].extend(round_seconds)
+            round_medians[index].append(statistics.median(round_seconds))
+        rounds += 1
+        if on_round is not None:
+            on_round(rounds)
+        if rounds < settings.min_rounds:
+            continue
+        if all(_relative_spread(medians) <= settings.target_relative_spread for medians in round_medians):
+            stop_reason = "converged"
+            break
+        if clock() - budget_started >= budget_seconds:
+            stop_reason = "time budget"
+            break
+        if rounds >= settings.max_rounds:
+            stop_reason = "max rounds"
+            break
+    return [TimingResult(batch_size=subject.batch_size,
+                         forward_ms=tuple(seconds * 1000.0 for seconds in forward_seconds[index]),
+                         round_medians_ms=tuple(seconds * 1000.0 for seconds in round_medians[index]),
+                         stop_reason=stop_reason)
+            for index, subject in enumerate(subjects)]
+
+
 def time_forward(forward: Callable[[], Any], *, batch_size: int, settings: TimingSettings = TimingSettings(),
                  clock: Clock = time.perf_counter, wait: Callable[[], None] = lambda: None) -> TimingResult:
     """Time `forward()` calls: warmup excluded, rounds until the spread is small or the budget is spent.
@@ -123,47 +223,8 @@ def time_forward(forward: Callable[[], Any], *, batch_size: int, settings: Timin
         clock: current time in seconds; injectable for tests.
         wait: called after each forward before reading the clock (CUDA synchronisation).
     """
-    warmup_seconds = 0.0
-    for _ in range(settings.warmup_iterations):
-        started = clock()
-        forward()
-        wait()
-        warmup_seconds = clock() - started
-    iterations = settings.iterations_per_round
-    if iterations is None:
-        round_target_seconds = settings.time_budget_s / 10
-        iterations = max(1, min(1000, int(round_target_seconds / warmup_seconds))) if warmup_seconds > 0 else 1
-
-    forward_seconds: list[float] = []
-    round_medians: list[float] = []
-    budget_started = clock()
-    while True:
-        round_seconds = []
-        for _ in range(iterations):
-            started = clock()
-            forward()
-            wait()
-            round_seconds.append(clock() - started)
-        forward_seconds.extend(round_seconds)
-        round_medians.append(statistics.median(round_seconds))
-        if len(round_medians) < settings.min_rounds:
-            continue
-        spread = (max(round_medians) - min(round_medians)) / max(statistics.median(round_medians), 1e-12)
-        if spread <= settings.target_relative_spread:
-            stop_reason = "converged"
-            break
-        if clock() - budget_started >= settings.time_budget_s:
-            stop_reason = "time budget"
-            break
-        if len(round_medians) >= settings.max_rounds:
-            stop_reason = "max rounds"
-            break
-    return TimingResult(
-        batch_size=batch_size,
-        forward_ms=tuple(seconds * 1000.0 for seconds in forward_seconds),
-        round_medians_ms=tuple(seconds * 1000.0 for seconds in round_medians),
-        stop_reason=stop_reason,
-    )
+    subject = TimedForward(label="forward", forward=forward, batch_size=batch_size, wait=wait)
+    return time_interleaved([subject], settings=settings, clock=clock)[0]
 
 
 def measure_latency(model: nn.Module, input_size: InputSize, batch_size: int,

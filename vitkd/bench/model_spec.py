@@ -8,6 +8,12 @@ Syntax (one string per model)::
     PATH                                   an existing checkpoint file, export directory or vitkd run directory
                                            that records its own model name and kwargs
 
+A packed low-bit export (`student.packed.safetensors`, given itself or found as `PATH/student.packed.safetensors` or
+`PATH/export/student.packed.safetensors`) takes precedence over the float export beside it: the model is the one the
+packed file rebuilds (`vitkd.models.quantize.load_packed`), with the 8-bit activation rounding put back when the file
+records it, so its accuracy is the low-bit student's. Name `PATH/export/student.safetensors` to bench the float
+export instead.
+
 Each KEY=VALUE is read like a recipe override (`vitkd.config.parse_override`): the value is a YAML 1.2 scalar or
 flow list, so `32` is an int, `0.1` a float, `true` a bool, `[8,8]` a list, `avg` (and `off`, `yes`) a string
 (quote with '...' to force a string). Commas inside brackets do not split kwargs.
@@ -17,6 +23,8 @@ load checkpoints without executing pickled code.
 
 from __future__ import annotations
 
+import copy
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -28,9 +36,11 @@ from torch import nn
 
 from vitkd.config import parse_override
 from vitkd.errors import BenchInputError, CheckpointError, ConfigError, UnknownModelError
-from vitkd.models.factory import build_model, load_model_from_path, model_name_hint
+from vitkd.models.factory import (EXPORT_INFO, build_model, load_model_from_path, model_name_hint,
+                                  resolve_checkpoint)
+from vitkd.models.quantize import PACKED_FILE, add_activation_quantizers, load_packed
 
-__all__ = ["BuiltModel", "ModelSpec", "build_from_spec", "check_model_name", "parse_model_spec"]
+__all__ = ["BuiltModel", "ModelSpec", "build_from_spec", "check_model_name", "find_packed_file", "parse_model_spec"]
 
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _KEY_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -58,11 +68,28 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class BuiltModel:
-    """A model built from a spec, with what is known about its preprocessing (`img_size`, `mean`, `std`, ...)."""
+    """A model built from a spec, with what is known about its preprocessing (`img_size`, `mean`, `std`, ...).
+
+    Attributes:
+        spec: the parsed spec.
+        model: the model to time and evaluate.
+        info: model name, kwargs and preprocessing recorded beside the weights.
+        weights_file: the float weights file loaded (`None`: freshly initialised, or packed).
+        packed_file: the packed low-bit file the model was rebuilt from (`None`: a float model).
+        traceable: the same function without the activation quantisers' hooks, which neither fvcore's nor ONNX's
+            tracer can follow; FLOPs are counted and ONNX files exported from it (it is `model` for float models).
+    """
 
     spec: ModelSpec
     model: nn.Module
     info: dict[str, Any] = field(default_factory=dict)
+    weights_file: Path | None = None
+    packed_file: Path | None = None
+    traceable: nn.Module | None = None
+
+    @property
+    def traceable_model(self) -> nn.Module:
+        return self.model if self.traceable is None else self.traceable
 
 
 def check_model_name(name: str, spec_text: str | None = None) -> None:
@@ -151,6 +178,29 @@ def parse_model_spec(text: str) -> ModelSpec:
     return ModelSpec(text=text, name=name, kwargs=kwargs, checkpoint=checkpoint)
 
 
+def find_packed_file(path: Path) -> Path | None:
+    """The packed low-bit export `path` names: the file itself, or `PACKED_FILE` in it or in its `export/`."""
+    if path.is_file():
+        return path if path.name.endswith(PACKED_FILE) else None
+    for candidate in (path / PACKED_FILE, path / "export" / PACKED_FILE):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _build_packed(spec: ModelSpec, packed_file: Path) -> BuiltModel:
+    """The model a packed file rebuilds, with its activation quantisers; preprocessing from the export's info."""
+    plain, packed_info = load_packed(packed_file)
+    info: dict[str, Any] = {}
+    info_path = packed_file.parent / EXPORT_INFO
+    if info_path.is_file():
+        info = json.loads(info_path.read_text())
+    info.update({"model": packed_info["model"], "kwargs": packed_info["kwargs"],
+                 "activation_bits": packed_info.get("activation_bits")})
+    model = add_activation_quantizers(copy.deepcopy(plain), packed_info)
+    return BuiltModel(spec=spec, model=model, info=info, packed_file=packed_file, traceable=plain)
+
+
 def build_from_spec(spec: ModelSpec | str) -> BuiltModel:
     """Build the model a spec names (weights from the checkpoint if any, otherwise freshly initialised).
 
@@ -161,9 +211,13 @@ def build_from_spec(spec: ModelSpec | str) -> BuiltModel:
     spec = parse_model_spec(spec) if isinstance(spec, str) else spec
     try:
         if spec.path is not None:
+            packed_file = find_packed_file(spec.path)
+            if packed_file is not None:
+                return _build_packed(spec, packed_file)
             model, info = load_model_from_path(spec.path)
-            return BuiltModel(spec=spec, model=model, info=dict(info))
+            return BuiltModel(spec=spec, model=model, info=dict(info), weights_file=resolve_checkpoint(spec.path))
         checkpoint = None if spec.checkpoint is None else str(spec.checkpoint)
-        return BuiltModel(spec=spec, model=build_model(str(spec.name), dict(spec.kwargs), checkpoint))
+        return BuiltModel(spec=spec, model=build_model(str(spec.name), dict(spec.kwargs), checkpoint),
+                          weights_file=None if spec.checkpoint is None else resolve_checkpoint(spec.checkpoint))
     except (ConfigError, CheckpointError) as error:
         raise BenchInputError(f"model spec {spec.text!r}: {error}") from error

@@ -7,8 +7,9 @@ and activations are the PyTorch model's (the graph computes the same function; i
 the count). Peak memory is left empty: ONNX Runtime allocates from its own arena, which the tensor-level
 measurement of `vitkd.bench.memory` does not see.
 
-Records are named like the PyTorch one and carry `runtime="onnxruntime"` or `"onnxruntime-int8"`, the file size,
-and (given the PyTorch record) `speedup_vs_torch`.
+Records are named like the PyTorch one and carry `runtime="onnxruntime"` or `"onnxruntime-int8"`, the file size as
+`stored_bytes` (with `weight_bits` 32, or 8 for int8, whose MatMul/Gemm/Conv weights are int8 and whose other
+tensors stay float), and (given the PyTorch record) `speedup_vs_torch`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import os
 import re
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,18 +27,20 @@ from torch import nn
 from vitkd.bench.accuracy import evaluate_accuracy
 from vitkd.bench.flops import analyze_flops, count_activations, training_flops_per_image
 from vitkd.bench.input_size import InputSize, check_input_size, eval_mode, model_display_name
-from vitkd.bench.latency import Clock, TimingSettings
+from vitkd.bench.latency import Clock, TimedForward, TimingResult, TimingSettings
 from vitkd.bench.onnx_build import export_to_onnx
-from vitkd.bench.onnx_runtime import (OnnxRuntimeClassifier, create_session, measure_onnx_latency, quantize_int8,
-                                      session_threads)
+from vitkd.bench.onnx_runtime import (OnnxRuntimeClassifier, create_session, measure_onnx_latency, onnx_forward,
+                                      quantize_int8, session_threads)
 from vitkd.bench.profile import ProfileRecord, compare_to_torch
 from vitkd.models.factory import count_parameters
 
-__all__ = ["ONNX_RUNTIME", "ONNX_RUNTIME_INT8", "TORCH_RUNTIME", "profile_onnx"]
+__all__ = ["ONNX_RUNTIME", "ONNX_RUNTIME_INT8", "TORCH_RUNTIME", "OnnxFile", "export_files", "onnx_record",
+           "profile_onnx", "static_fields", "timed_runs"]
 
 TORCH_RUNTIME = "torch"
 ONNX_RUNTIME = "onnxruntime"
 ONNX_RUNTIME_INT8 = "onnxruntime-int8"
+ONNX_WEIGHT_BITS = {ONNX_RUNTIME: 32, ONNX_RUNTIME_INT8: 8}  # float32 initialisers; quantize_dynamic's int8 weights
 
 
 def _file_stem(name: str) -> str:
@@ -44,7 +48,7 @@ def _file_stem(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._")[:120] or "model"
 
 
-def _static_fields(model: nn.Module, name: str, input_size: InputSize, base: ProfileRecord | None) -> dict[str, Any]:
+def static_fields(model: nn.Module, name: str, input_size: InputSize, base: ProfileRecord | None) -> dict[str, Any]:
     """Parameters, FLOPs and activations: the PyTorch record's when given, else counted on `model`."""
     if base is not None:
         return {"params": base.params, "flops": base.flops, "train_flops_per_image": base.train_flops_per_image,
@@ -58,21 +62,47 @@ def _static_fields(model: nn.Module, name: str, input_size: InputSize, base: Pro
             "flops_uncounted_ops": tuple(flop_count.uncounted_ops)}
 
 
-def _profile_file(path: Path, runtime: str, name: str, input_size: InputSize, batch_size: int,
-                  static: dict[str, Any], loader: Iterable[Any] | None, threads: int | None,
-                  timing: TimingSettings, clock: Clock) -> ProfileRecord:
-    session = create_session(path, threads)
-    latency = measure_onnx_latency(session, input_size, 1, timing, clock=clock)
-    batch_timing = measure_onnx_latency(session, input_size, batch_size, timing, clock=clock)
+@dataclass(frozen=True)
+class OnnxFile:
+    """One ONNX file of a model, loaded in an ONNX Runtime session."""
+
+    runtime: str  # ONNX_RUNTIME or ONNX_RUNTIME_INT8
+    path: Path
+    session: Any
+
+
+def export_files(model: nn.Module, work_dir: Path, *, name: str, input_size: InputSize, threads: int | None,
+                 int8: bool, opset: int | None = None) -> list[OnnxFile]:
+    """Export `model` to `<name>.onnx` (dynamic batch) and, with `int8`, `<name>.int8.onnx`; a session for each."""
+    fp32_path = work_dir / f"{_file_stem(name)}.onnx"
+    export_to_onnx(model, input_size, fp32_path, dynamic_batch=True, model_name=name,
+                   **({} if opset is None else {"opset": opset}))
+    paths = [(ONNX_RUNTIME, fp32_path)]
+    if int8:
+        paths.append((ONNX_RUNTIME_INT8, quantize_int8(fp32_path, work_dir / f"{_file_stem(name)}.int8.onnx")))
+    return [OnnxFile(runtime, path, create_session(path, threads)) for runtime, path in paths]
+
+
+def timed_runs(file: OnnxFile, input_size: InputSize, batch_size: int) -> tuple[TimedForward, TimedForward]:
+    """The batch-1 and batch-`batch_size` forwards of a file's session, for `vitkd.bench.latency.time_interleaved`."""
+    return (onnx_forward(file.session, input_size, 1, label=f"{file.path.name} batch 1"),
+            onnx_forward(file.session, input_size, batch_size, label=f"{file.path.name} batch {batch_size}"))
+
+
+def onnx_record(file: OnnxFile, *, name: str, input_size: InputSize, batch_size: int, static: dict[str, Any],
+                latency: TimingResult, batch_timing: TimingResult, loader: Iterable[Any] | None) -> ProfileRecord:
+    """The record of one ONNX file from its timings, and its accuracy on `loader` (when given)."""
     accuracy = None
     if loader is not None:
-        accuracy = evaluate_accuracy(OnnxRuntimeClassifier(session), loader, "cpu", model_name=f"{name} ({runtime})")
+        accuracy = evaluate_accuracy(OnnxRuntimeClassifier(file.session), loader, "cpu",
+                                     model_name=f"{name} ({file.runtime})")
     return ProfileRecord(
-        name=name, device="cpu", threads=session_threads(session), input_size=input_size, batch_size=batch_size,
-        latency_ms_median=latency.median_ms, latency_ms_p90=latency.p90_ms, latency_spread=latency.relative_spread,
-        throughput=batch_timing.throughput, peak_memory_bytes=None,
+        name=name, device="cpu", threads=session_threads(file.session), input_size=input_size,
+        batch_size=batch_size, latency_ms_median=latency.median_ms, latency_ms_p90=latency.p90_ms,
+        latency_spread=latency.relative_spread, throughput=batch_timing.throughput, peak_memory_bytes=None,
         top1=None if accuracy is None else accuracy.top1, top5=None if accuracy is None else accuracy.top5,
-        runtime=runtime, model_file_bytes=path.stat().st_size, **static,
+        runtime=file.runtime, stored_bytes=file.path.stat().st_size, weight_bits=ONNX_WEIGHT_BITS[file.runtime],
+        **static,
     )
 
 
@@ -102,16 +132,13 @@ def profile_onnx(model: nn.Module, work_dir: str | os.PathLike[str], *, name: st
         DeployError: the deploy extra is missing or the model cannot be exported.
     """
     name = name or model_display_name(model)
-    static = _static_fields(model, name, input_size, torch_record)
-    work_dir = Path(work_dir)
-    fp32_path = work_dir / f"{_file_stem(name)}.onnx"
-    export_to_onnx(model, input_size, fp32_path, dynamic_batch=True, model_name=name,
-                   **({} if opset is None else {"opset": opset}))
-    files = [(ONNX_RUNTIME, fp32_path)]
-    if int8:
-        files.append((ONNX_RUNTIME_INT8, quantize_int8(fp32_path, work_dir / f"{_file_stem(name)}.int8.onnx")))
+    static = static_fields(model, name, input_size, torch_record)
     records = []
-    for runtime, path in files:
-        record = _profile_file(path, runtime, name, input_size, batch_size, static, loader, threads, timing, clock)
+    for file in export_files(model, Path(work_dir), name=name, input_size=input_size, threads=threads, int8=int8,
+                             opset=opset):
+        latency = measure_onnx_latency(file.session, input_size, 1, timing, clock=clock)
+        batch_timing = measure_onnx_latency(file.session, input_size, batch_size, timing, clock=clock)
+        record = onnx_record(file, name=name, input_size=input_size, batch_size=batch_size, static=static,
+                             latency=latency, batch_timing=batch_timing, loader=loader)
         records.append(record if torch_record is None else compare_to_torch(record, torch_record))
     return records

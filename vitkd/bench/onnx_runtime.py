@@ -26,12 +26,13 @@ import torch
 from torch import nn
 
 from vitkd.bench.input_size import InputSize
-from vitkd.bench.latency import Clock, TimingResult, TimingSettings, time_forward
+from vitkd.bench.latency import Clock, TimedForward, TimingResult, TimingSettings, time_forward
 from vitkd.bench.onnx_build import require_deploy_package
 from vitkd.errors import DeployError
 from vitkd.files import atomic_write
 
-__all__ = ["OnnxRuntimeClassifier", "create_session", "measure_onnx_latency", "quantize_int8", "session_threads"]
+__all__ = ["OnnxRuntimeClassifier", "create_session", "measure_onnx_latency", "onnx_forward", "quantize_int8",
+           "session_threads"]
 
 logger = logging.getLogger(__name__)
 
@@ -88,10 +89,8 @@ class OnnxRuntimeClassifier(nn.Module):
         return torch.from_numpy(np.asarray(logits))
 
 
-def measure_onnx_latency(session: Any, input_size: InputSize, batch_size: int,
-                         settings: TimingSettings = TimingSettings(), *,
-                         clock: Clock = time.perf_counter) -> TimingResult:
-    """Time `session.run` on a fixed random `(batch_size, *input_size)` float32 batch (harness rules of `latency`).
+def onnx_forward(session: Any, input_size: InputSize, batch_size: int, *, label: str = "onnxruntime") -> TimedForward:
+    """`session.run` bound to a fixed random `(batch_size, *input_size)` float32 batch, ready to be timed.
 
     Raises:
         DeployError: the file does not take `batch_size` images (exported without a dynamic batch).
@@ -104,7 +103,19 @@ def measure_onnx_latency(session: Any, input_size: InputSize, batch_size: int,
         raise DeployError(f"the ONNX file takes batch {declared_batch} only, not {batch_size}; export it with "
                           f"--dynamic-batch")
     feeds = {input_name: batch}
-    return time_forward(lambda: session.run(None, feeds), batch_size=batch_size, settings=settings, clock=clock)
+    return TimedForward(label=label, forward=lambda: session.run(None, feeds), batch_size=batch_size)
+
+
+def measure_onnx_latency(session: Any, input_size: InputSize, batch_size: int,
+                         settings: TimingSettings = TimingSettings(), *,
+                         clock: Clock = time.perf_counter) -> TimingResult:
+    """Time `session.run` on a fixed random `(batch_size, *input_size)` float32 batch (harness rules of `latency`).
+
+    Raises:
+        DeployError: the file does not take `batch_size` images (exported without a dynamic batch).
+    """
+    subject = onnx_forward(session, input_size, batch_size)
+    return time_forward(subject.forward, batch_size=batch_size, settings=settings, clock=clock)
 
 
 def quantize_int8(source: str | os.PathLike[str], destination: str | os.PathLike[str]) -> Path:

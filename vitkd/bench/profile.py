@@ -27,15 +27,16 @@ from torch import nn
 
 from vitkd.bench.accuracy import evaluate_accuracy
 from vitkd.bench.flops import analyze_flops, count_activations, training_flops_per_image
-from vitkd.bench.input_size import (check_input_size, default_input_size, eval_mode, model_display_name,
+from vitkd.bench.input_size import (InputSize, check_input_size, default_input_size, eval_mode, model_display_name,
                                     normalize_input_size)
-from vitkd.bench.latency import Clock, TimingSettings, measure_latency
+from vitkd.bench.latency import Clock, TimingResult, TimingSettings, measure_latency
 from vitkd.bench.memory import measure_peak_memory
 from vitkd.bench.runtime import RuntimeOptions, prepare_model, use_threads
+from vitkd.bench.storage import StoredSize, float_storage
 from vitkd.engine.distributed import resolve_device
 from vitkd.models.factory import count_parameters
 
-__all__ = ["ProfileRecord", "compare_to_teacher", "compare_to_torch", "profile"]
+__all__ = ["ProfileRecord", "compare_to_teacher", "compare_to_torch", "profile", "untimed_record", "with_timing"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,10 +67,15 @@ class ProfileRecord:
         teacher: name of the teacher the ratios refer to, `None` without one.
         speedup_vs_teacher, param_reduction_vs_teacher, flop_reduction_vs_teacher, accuracy_retained: see module.
         runtime: what ran the model: `"torch"` (eager PyTorch), `"onnxruntime"` or `"onnxruntime-int8"`.
-        model_file_bytes: size of the deployed file (the `.onnx` file for ONNX Runtime rows), `None` for torch.
+        weight_bits: bits per stored weight: the packed low-bit file's bit width, the float parameters' dtype bits
+            (32 for float32), 32 for an ONNX file, 8 for ONNX Runtime int8 (see `vitkd.bench.storage`).
+        stored_bytes: bytes the model occupies as stored: the packed low-bit file, the float weights as
+            safetensors, or the `.onnx` file for ONNX Runtime rows (see `vitkd.bench.storage`).
         speedup_vs_torch: the same model's torch latency / this record's latency (batch-1 medians).
         measured_with: name of the record whose latency/throughput this row reuses because the architecture and
             settings are identical (`None`: measured itself).
+        timing_group: the interleaved rounds this row was timed in (`vitkd.bench.suite`: the same text for every row
+            of one run, its start time in UTC and model count); `None` for a model profiled alone.
     """
 
     name: str
@@ -98,9 +104,11 @@ class ProfileRecord:
     flop_reduction_vs_teacher: float | None = None
     accuracy_retained: float | None = None
     runtime: str = "torch"
-    model_file_bytes: int | None = None
+    weight_bits: int | None = None
+    stored_bytes: int | None = None
     speedup_vs_torch: float | None = None
     measured_with: str | None = None
+    timing_group: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (tuples become lists)."""
@@ -144,11 +152,45 @@ def compare_to_torch(record: ProfileRecord, torch_record: ProfileRecord) -> Prof
                                                                record.latency_ms_median))
 
 
+def untimed_record(model: nn.Module, *, name: str, input_size: InputSize, batch_size: int, options: RuntimeOptions,
+                   storage: StoredSize | None = None, traceable: nn.Module | None = None) -> ProfileRecord:
+    """The record of `model` before timing: counts, peak memory, storage; latency and throughput are NaN until
+    `with_timing` fills them in, accuracy `None`. Runs with the caller's thread count; `model` is moved to
+    `options.device`. Arguments as for `profile`."""
+    storage = storage or float_storage(model)
+    counted = model if traceable is None else traceable
+    with eval_mode(model.to(options.torch_device)):
+        check_input_size(model, input_size, name)
+        logger.info("profiling %s at %s on %s with %d threads", name, input_size, options.device,
+                    torch.get_num_threads())
+        with eval_mode(counted.to(options.torch_device)):
+            flop_count = analyze_flops(counted, input_size, model_name=name)
+            activations = count_activations(counted, input_size, model_name=name)
+        peak_memory = measure_peak_memory(model, input_size, batch_size, options)
+    not_timed = float("nan")
+    return ProfileRecord(
+        name=name, device=str(options.torch_device), threads=torch.get_num_threads(), input_size=input_size,
+        batch_size=batch_size, params=count_parameters(model), flops=flop_count.total,
+        train_flops_per_image=training_flops_per_image(flop_count.total), activations=activations,
+        latency_ms_median=not_timed, latency_ms_p90=not_timed, latency_spread=not_timed, throughput=not_timed,
+        peak_memory_bytes=peak_memory, channels_last=options.channels_last, amp=options.amp,
+        compiled=options.compile, flops_uncounted_ops=tuple(flop_count.uncounted_ops),
+        weight_bits=storage.weight_bits, stored_bytes=storage.stored_bytes,
+    )
+
+
+def with_timing(record: ProfileRecord, latency: TimingResult, batch_timing: TimingResult) -> ProfileRecord:
+    """`record` with its batch-1 `latency` (median, p90, spread) and its throughput from `batch_timing`."""
+    return dataclasses.replace(record, latency_ms_median=latency.median_ms, latency_ms_p90=latency.p90_ms,
+                               latency_spread=latency.relative_spread, throughput=batch_timing.throughput)
+
+
 def profile(model: nn.Module, *, name: str | None = None, input_size: int | Sequence[int] | None = None,
             batch_size: int = 32, device: str | torch.device | None = "cpu", loader: Iterable[Any] | None = None,
             teacher_record: ProfileRecord | None = None, threads: int | None = None, channels_last: bool = False,
             amp: bool = False, compile: bool = False, timing: TimingSettings = TimingSettings(),
-            clock: Clock = time.perf_counter) -> ProfileRecord:
+            clock: Clock = time.perf_counter, storage: StoredSize | None = None,
+            traceable: nn.Module | None = None) -> ProfileRecord:
     """Parameters, FLOPs, activations, latency, throughput, peak memory and (with a loader) accuracy of `model`.
 
     Args:
@@ -164,6 +206,9 @@ def profile(model: nn.Module, *, name: str | None = None, input_size: int | Sequ
         channels_last, amp, compile: runtime switches for latency, throughput, memory (FLOPs are unaffected).
         timing: warmup and stopping rule for latency and throughput (see `vitkd.bench.latency`).
         clock: seconds; injectable for tests.
+        storage: stored bits per weight and bytes (default: `vitkd.bench.storage.float_storage(model)`).
+        traceable: the same function in a form fvcore can trace, to count FLOPs and activations on (default:
+            `model`; a packed low-bit student's activation quantisers cannot be traced and add no counted FLOPs).
 
     Raises:
         InputSizeError: the model cannot run on `input_size`.
@@ -175,37 +220,15 @@ def profile(model: nn.Module, *, name: str | None = None, input_size: int | Sequ
     options = RuntimeOptions(device=str(resolve_device("auto" if device is None else str(device), option="device")),
                              threads=threads, channels_last=channels_last, amp=amp, compile=compile)
     size = default_input_size(model) if input_size is None else normalize_input_size(input_size)
-    with eval_mode(model.to(options.torch_device)), use_threads(threads) as threads_used:
-        check_input_size(model, size, name)
-        logger.info("profiling %s at %s on %s with %d threads", name, size, options.device, threads_used)
-        flop_count = analyze_flops(model, size, model_name=name)
-        activations = count_activations(model, size, model_name=name)
+    with eval_mode(model.to(options.torch_device)), use_threads(threads):
+        record = untimed_record(model, name=name, input_size=size, batch_size=batch_size, options=options,
+                                storage=storage, traceable=traceable)
         runnable = prepare_model(model, options)
         latency = measure_latency(model, size, 1, options, timing, clock=clock, prepared=runnable)
         batch_timing = measure_latency(model, size, batch_size, options, timing, clock=clock, prepared=runnable)
-        peak_memory = measure_peak_memory(model, size, batch_size, options)
         accuracy = (None if loader is None else
                     evaluate_accuracy(model, loader, options.torch_device, model_name=name, options=options))
-    record = ProfileRecord(
-        name=name,
-        device=str(options.torch_device),
-        threads=threads_used,
-        input_size=size,
-        batch_size=batch_size,
-        params=count_parameters(model),
-        flops=flop_count.total,
-        train_flops_per_image=training_flops_per_image(flop_count.total),
-        activations=activations,
-        latency_ms_median=latency.median_ms,
-        latency_ms_p90=latency.p90_ms,
-        latency_spread=latency.relative_spread,
-        throughput=batch_timing.throughput,
-        peak_memory_bytes=peak_memory,
-        top1=None if accuracy is None else accuracy.top1,
-        top5=None if accuracy is None else accuracy.top5,
-        channels_last=channels_last,
-        amp=amp,
-        compiled=compile,
-        flops_uncounted_ops=tuple(flop_count.uncounted_ops),
-    )
+    record = with_timing(record, latency, batch_timing)
+    if accuracy is not None:
+        record = dataclasses.replace(record, top1=accuracy.top1, top5=accuracy.top5)
     return record if teacher_record is None else compare_to_teacher(record, teacher_record)

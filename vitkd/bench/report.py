@@ -1,10 +1,12 @@
 """Tables and report files for `ProfileRecord`s: a terminal table, and CSV / JSON / Markdown files.
 
 The terminal and Markdown tables show the same columns, in human units (M params, GFLOPs, or MFLOPs when every
-model is below 1 GFLOP, ms, MiB, %); columns
-that no record fills (accuracy without a dataset, ratios without a teacher, the runtime when everything ran in
-PyTorch) are left out. CSV and JSON keep every record field in raw units (counts, bytes, ms, images/s) and read
-back into identical records (`read_records`); version 1 reports (before runtimes) read as torch records.
+model is below 1 GFLOP, ms, MiB, or KiB of stored size when every model is below 1 MiB, %); columns that no record
+fills (accuracy without a dataset, ratios without a teacher, the runtime when everything ran in PyTorch) are left
+out. `Bits` and `Stored` are the bits per stored weight and the stored size (`vitkd.bench.storage`). CSV and JSON
+keep every record field in raw units (counts, bytes, ms, images/s) and read back into identical records
+(`read_records`); version 1 reports (before runtimes) read as torch records, version 2 ones with `model_file_bytes`
+as `stored_bytes`.
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ __all__ = ["REPORT_FILE_NAMES", "TableColumn", "format_table", "markdown_table",
            "write_reports"]
 
 JSON_FORMAT = "vitkd.bench.records"
-JSON_VERSION = 2
-READABLE_JSON_VERSIONS = (1, 2)  # version 2 added runtime, model_file_bytes, speedup_vs_torch, measured_with
+JSON_VERSION = 3
+READABLE_JSON_VERSIONS = (1, 2, 3)  # 2 added runtime, model_file_bytes, speedup_vs_torch, measured_with;
+# 3 renamed model_file_bytes to stored_bytes (now filled for torch rows too), added weight_bits and timing_group
+RENAMED_FIELDS = {"model_file_bytes": "stored_bytes"}
 REPORT_FILE_NAMES = {"csv": "bench.csv", "json": "bench.json", "markdown": "bench.md"}
 
 
@@ -86,8 +90,9 @@ COLUMNS: tuple[TableColumn, ...] = (
     TableColumn("Img/s", lambda r: r.throughput, _fixed(1)),
     TableColumn("vs torch", lambda r: r.speedup_vs_torch, _times, optional=True),
     TableColumn("Peak MiB", lambda r: None if r.peak_memory_bytes is None else r.peak_memory_bytes / 2**20, _fixed(1)),
-    TableColumn("File MiB", lambda r: None if r.model_file_bytes is None else r.model_file_bytes / 2**20, _fixed(2),
-                optional=True),
+    TableColumn("Bits", lambda r: r.weight_bits, str, optional=True),
+    TableColumn("Stored MiB", lambda r: None if r.stored_bytes is None else r.stored_bytes / 2**20, _fixed(2),
+                optional=True),  # KiB for small models: see `table_columns`
     TableColumn("Top-1 %", lambda r: r.top1, _fixed(2), optional=True),
     TableColumn("Top-5 %", lambda r: r.top5, _fixed(2), optional=True),
     TableColumn("Speed-up", lambda r: r.speedup_vs_teacher, _times, optional=True),
@@ -109,11 +114,19 @@ def table_columns(records: Sequence[ProfileRecord]) -> list[TableColumn]:
         columns = [dataclasses.replace(column, header=column.header.replace("GFLOPs", "MFLOPs"),
                                        value=_in_millions(column.value)) if "GFLOPs" in column.header else column
                    for column in columns]
+    stored = [record.stored_bytes for record in records if record.stored_bytes is not None]
+    if stored and max(stored) < 2**20:  # a 1-bit toy student's 0.00 MiB reads better as 3.2 KiB
+        columns = [dataclasses.replace(column, header="Stored KiB", value=_in_kib(column.value), text=_fixed(1))
+                   if column.header == "Stored MiB" else column for column in columns]
     return columns
 
 
 def _in_millions(in_billions: Callable[[ProfileRecord], Any]) -> Callable[[ProfileRecord], Any]:
     return lambda record: in_billions(record) * 1e3
+
+
+def _in_kib(in_mib: Callable[[ProfileRecord], Any]) -> Callable[[ProfileRecord], Any]:
+    return lambda record: None if in_mib(record) is None else in_mib(record) * 2**10
 
 
 def _distinct(values: Sequence[Any]) -> str:
@@ -139,7 +152,26 @@ def _footnote(records: Sequence[ProfileRecord]) -> str:
         notes.append("onnxruntime: the model exported to ONNX (TorchScript exporter), CPU execution provider, all "
                      "graph optimisations, intra_op_num_threads = CPU threads; onnxruntime-int8: its dynamic int8 "
                      "quantisation (quantize_dynamic, int8 weights); vs torch = torch latency / this row's latency; "
-                     "File MiB = size of the .onnx file")
+                     "their stored size is the .onnx file's")
+    if any(r.stored_bytes is not None for r in records):
+        notes.append("Bits = bits per stored weight (a packed low-bit export's width, else the float dtype's); "
+                     "Stored = the packed file, the weights as safetensors, or the .onnx file")
+    low_bit = [r.name for r in records if r.runtime == "torch" and r.weight_bits is not None and r.weight_bits < 16]
+    if low_bit:
+        notes.append(f"low-bit rows ({', '.join(dict.fromkeys(low_bit))}): the packed export rebuilt as a float timm "
+                     "model (decoded weights, 8-bit activation rounding when the file records it); their accuracy is "
+                     "the low-bit student's, their speed that of simulated quantisation, not of low-bit kernels")
+    groups: dict[str, list[str]] = {}
+    for r in records:
+        if r.timing_group is not None and r.name not in groups.setdefault(r.timing_group, []):
+            groups[r.timing_group].append(r.name)
+    if len(groups) == 1:
+        notes.append("latency and throughput measured in interleaved rounds (each round times every model in turn, "
+                     "so machine drift hits all alike)")
+    elif groups:
+        notes.append("latency and throughput measured in interleaved rounds within each run, in "
+                     f"{len(groups)} runs: " + "; ".join(f"{group}: {', '.join(names)}"
+                                                       for group, names in groups.items()))
     shared = [f"{r.name} ({r.runtime}) reuses {r.measured_with}" for r in records if r.measured_with is not None]
     if shared:
         notes.append("* identical architecture and settings share one latency/throughput measurement: "
@@ -216,8 +248,9 @@ def _records_from_csv(text: str, source: Path) -> list[ProfileRecord]:
     records = []
     for line_number, row in enumerate(csv.DictReader(io.StringIO(text)), start=2):
         try:
+            renamed = {RENAMED_FIELDS.get(name, name): cell for name, cell in row.items()}
             records.append(ProfileRecord.from_dict({name: _parse_csv_cell(cell, hints.get(name, str))
-                                                    for name, cell in row.items()}))
+                                                    for name, cell in renamed.items()}))
         except (KeyError, TypeError, ValueError) as error:
             raise ValueError(f"{source}: line {line_number} is not a ProfileRecord row: {error}") from error
     return records
@@ -230,7 +263,8 @@ def _records_from_json(text: str, source: Path) -> list[ProfileRecord]:
     if document.get("version") not in READABLE_JSON_VERSIONS:
         raise ValueError(f"{source}: report version {document.get('version')!r} is not supported "
                          f"(this vitkd reads versions {list(READABLE_JSON_VERSIONS)})")
-    return [ProfileRecord.from_dict(values) for values in document["records"]]
+    return [ProfileRecord.from_dict({RENAMED_FIELDS.get(key, key): value for key, value in values.items()})
+            for values in document["records"]]
 
 
 _READERS = {".csv": _records_from_csv, ".json": _records_from_json}

@@ -1,14 +1,17 @@
 """Profile a list of model specs (and an optional teacher) in one go, saving reports as it goes.
 
-Used by `vitkd bench` and `benchmarks/students.py`. With an output directory, the reports are rewritten after every
-model, so an interrupted run keeps its finished rows, and `resume=True` skips models already in `bench.json`.
+Used by `vitkd bench` and `benchmarks/students.py`. Every model is built first; then all of them are timed in
+interleaved rounds (round r times model 1, model 2, ... at batch 1 and at the batch size, in every runtime), so drift
+of the machine during the measurement hits every model alike instead of reading as a speed difference; then each is
+evaluated. With an output directory, the reports are rewritten after each model's evaluation, so an interrupted run
+keeps its evaluated rows, and `resume=True` skips models already in `bench.json` (see `profile_specs`).
 
 Each model gets one record per runtime asked for (`SuiteSettings.runtimes`: torch, onnxruntime; `ort_int8` adds
 ONNX Runtime int8), ONNX files going to `<out>/onnx/` (a temporary folder without `out_dir`). Models whose
 architecture, kwargs and input size are identical (the same student trained several ways) share one latency and
 throughput measurement per runtime: the first such model is timed, the others reuse its figures (their accuracy is
-their own) and name it in `measured_with`, so weights that cannot change the speed cannot make one look slower
-through machine drift.
+their own) and name it in `measured_with`. A packed low-bit export is benched as the model it rebuilds
+(`vitkd.bench.model_spec`), with its stored bits and size (`vitkd.bench.storage`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,13 +34,17 @@ from tqdm import tqdm
 
 from vitkd.bench.accuracy import evaluate_accuracy
 from vitkd.bench.input_size import InputSize, default_input_size
-from vitkd.bench.latency import TimingSettings
+from vitkd.bench.latency import Clock, TimedForward, TimingResult, TimingSettings, time_interleaved
 from vitkd.bench.model_spec import BuiltModel, build_from_spec, parse_model_spec
-from vitkd.bench.onnx_profile import ONNX_RUNTIME, ONNX_RUNTIME_INT8, TORCH_RUNTIME, profile_onnx
+from vitkd.bench.onnx_profile import (ONNX_RUNTIME, ONNX_RUNTIME_INT8, TORCH_RUNTIME, OnnxFile, export_files,
+                                      onnx_record, static_fields, timed_runs)
 from vitkd.bench.plot import plot_tradeoffs
-from vitkd.bench.profile import ProfileRecord, compare_to_teacher, profile
-from vitkd.bench.runtime import RuntimeOptions
+from vitkd.bench.profile import ProfileRecord, compare_to_teacher, compare_to_torch, untimed_record, with_timing
+from vitkd.bench.runtime import (RuntimeOptions, example_batch, inference_context, prepare_model, synchronize,
+                                 use_threads)
 from vitkd.bench.report import REPORT_FILE_NAMES, read_records, write_reports
+from vitkd.bench.storage import StoredSize, float_storage, packed_storage
+from vitkd.engine.distributed import resolve_device
 
 __all__ = ["ONNX_DIR_NAME", "PLOT_FILE_NAME", "RUNTIME_CHOICES", "SuiteSettings", "profile_specs"]
 
@@ -102,77 +110,119 @@ def _eval_loader(built: BuiltModel, input_size: InputSize, settings: SuiteSettin
     from vitkd.data import build_eval_loader
 
     preprocessing: dict[str, Any] = dict(timm.data.resolve_model_data_config(built.model))
-    preprocessing.update({key: built.info[key] for key in ("mean", "std", "crop_pct") if key in built.info})
+    preprocessing.update({key: built.info[key] for key in ("mean", "std", "crop_pct", "interpolation")
+                          if key in built.info})
     return build_eval_loader(settings.dataset, settings.data_root, input_size[1], settings.batch_size,
                              tuple(preprocessing["mean"]), tuple(preprocessing["std"]), split=settings.split,
-                             crop_pct=float(preprocessing.get("crop_pct", 0.875)))
+                             crop_pct=float(preprocessing.get("crop_pct", 0.875)),
+                             interpolation=str(preprocessing.get("interpolation", "bicubic")))
 
 
 def architecture_signature(built: BuiltModel, input_size: InputSize) -> str:
-    """What decides a model's speed: timm architecture, kwargs and input size (not the weights)."""
+    """What decides a model's speed: timm architecture, kwargs, input size and, for a packed low-bit model, its
+    activation quantisers (not the weights)."""
     name = built.info.get("model") or built.spec.name or type(built.model).__name__
     kwargs = built.info.get("kwargs") or built.spec.kwargs
-    return json.dumps([name, kwargs, list(input_size)], sort_keys=True, default=str)
+    packed = None if built.packed_file is None else {"activation_bits": built.info.get("activation_bits")}
+    return json.dumps([name, kwargs, list(input_size), packed], sort_keys=True, default=str)
 
 
-_TIMING_FIELDS = ("latency_ms_median", "latency_ms_p90", "latency_spread", "throughput", "peak_memory_bytes",
-                  "threads", "speedup_vs_torch")
+def model_storage(built: BuiltModel) -> StoredSize:
+    """Bits per stored weight and stored bytes of a built spec: its packed file, or its float weights."""
+    if built.packed_file is not None:
+        return packed_storage(built.packed_file)
+    return float_storage(built.model, built.weights_file)
 
 
-def _share_timing(record: ProfileRecord, measured: ProfileRecord) -> ProfileRecord:
-    """`record` with the speed figures of `measured` (same architecture and settings) and `measured_with` set."""
-    return dataclasses.replace(record, measured_with=measured.name,
-                               **{key: getattr(measured, key) for key in _TIMING_FIELDS})
+@dataclass
+class _Timings:
+    """The interleaved measurement being planned: subjects in order, and which (signature, runtime) owns which."""
+
+    subjects: list[TimedForward] = dataclasses.field(default_factory=list)
+    owners: dict[tuple[str, str], tuple[str, int]] = dataclasses.field(default_factory=dict)
+    results: list[TimingResult] = dataclasses.field(default_factory=list)
+
+    def add(self, key: tuple[str, str], owner: str, batch_1: TimedForward, batch_n: TimedForward) -> None:
+        """Time this pair unless a model of the same signature already is."""
+        if key not in self.owners:
+            self.owners[key] = (owner, len(self.subjects))
+            self.subjects.extend([batch_1, batch_n])
+
+    def of(self, key: tuple[str, str]) -> tuple[str, TimingResult, TimingResult]:
+        """(name of the model timed, its batch-1 timing, its batch-N timing) for a signature and runtime."""
+        owner, index = self.owners[key]
+        return owner, self.results[index], self.results[index + 1]
 
 
-def _profile_spec(spec_text: str, settings: SuiteSettings, teacher_records: dict[str, ProfileRecord],
-                  onnx_dir: Path, measured: dict[tuple[str, str], ProfileRecord]) -> list[ProfileRecord]:
-    """One record per runtime for one model; `measured` maps (signature, runtime) to the record first timed."""
+@dataclass
+class _Prepared:
+    """One model built, counted and ready to be timed; its accuracy is measured after the timings."""
+
+    spec_text: str
+    built: BuiltModel | None
+    input_size: InputSize
+    signature: str
+    torch_record: ProfileRecord | None = None  # untimed (see `vitkd.bench.profile.untimed_record`)
+    onnx_files: list[OnnxFile] = dataclasses.field(default_factory=list)
+    onnx_static: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def _prepare(spec_text: str, settings: SuiteSettings, options: RuntimeOptions, onnx_dir: Path,
+             timings: _Timings) -> _Prepared:
+    """Build a spec, count what does not need a clock, and add its forwards to `timings`."""
     built = build_from_spec(spec_text)
     input_size = _input_size(built, settings.img_size)
-    signature = architecture_signature(built, input_size)
-    loader = _eval_loader(built, input_size, settings)
-    # ONNX rows whose speed is shared still need their own file for their accuracy (int8 depends on the weights);
-    # `profile_onnx` then times them only for the two forwards this allows, and the shared figures replace those.
-    quick = dataclasses.replace(settings.timing, warmup_iterations=0, min_rounds=2, max_rounds=2,
-                                iterations_per_round=1, time_budget_s=1e-3)
+    prepared = _Prepared(spec_text, built, input_size, architecture_signature(built, input_size))
+    if TORCH_RUNTIME in settings.runtimes:
+        with use_threads(settings.threads):
+            prepared.torch_record = untimed_record(built.model, name=spec_text, input_size=input_size,
+                                                   batch_size=settings.batch_size, options=options,
+                                                   storage=model_storage(built), traceable=built.traceable)
+        runnable = prepare_model(built.model, options)
+        device = options.torch_device
+        batches = [example_batch(input_size, size, options) for size in (1, settings.batch_size)]
+        batch_1, batch_n = (TimedForward(label=f"{spec_text} batch {len(batch)}", forward=lambda b=batch: runnable(b),
+                                         batch_size=len(batch), wait=lambda: synchronize(device))
+                            for batch in batches)
+        timings.add((prepared.signature, TORCH_RUNTIME), spec_text, batch_1, batch_n)
+    if ONNX_RUNTIME in settings.runtimes:
+        # a packed student's activation quantisers cannot be exported: its ONNX rows run the decoded low-bit
+        # weights with float activations
+        model = built.traceable_model
+        prepared.onnx_static = static_fields(model, spec_text, input_size, prepared.torch_record)
+        prepared.onnx_files = export_files(model, onnx_dir, name=spec_text, input_size=input_size,
+                                           threads=settings.threads, int8=settings.ort_int8)
+        for file in prepared.onnx_files:
+            timings.add((prepared.signature, file.runtime), spec_text, *timed_runs(file, input_size,
+                                                                                   settings.batch_size))
+    return prepared
+
+
+def _finish(prepared: _Prepared, settings: SuiteSettings, options: RuntimeOptions, timings: _Timings,
+            group: str) -> list[ProfileRecord]:
+    """The records of a prepared model: its (or its twin's) timings and its own accuracy."""
+    assert prepared.built is not None
+    loader = _eval_loader(prepared.built, prepared.input_size, settings)
     records: list[ProfileRecord] = []
     torch_record = None
-    if TORCH_RUNTIME in settings.runtimes:
-        shared = measured.get((signature, TORCH_RUNTIME))
-        if shared is not None and loader is not None:
-            options = RuntimeOptions(device=shared.device, channels_last=settings.channels_last, amp=settings.amp)
-            accuracy = evaluate_accuracy(built.model, loader, model_name=spec_text, options=options)
-            torch_record = _share_timing(dataclasses.replace(shared, name=spec_text, top1=accuracy.top1,
-                                                             top5=accuracy.top5), shared)
-        elif shared is not None:
-            torch_record = _share_timing(dataclasses.replace(shared, name=spec_text), shared)
-        else:
-            torch_record = profile(
-                built.model, name=spec_text, input_size=input_size, batch_size=settings.batch_size,
-                device=settings.device, loader=loader, threads=settings.threads,
-                channels_last=settings.channels_last, amp=settings.amp, compile=settings.compile,
-                timing=settings.timing)
-            measured[(signature, TORCH_RUNTIME)] = torch_record
+    if prepared.torch_record is not None:
+        owner, latency, batch_timing = timings.of((prepared.signature, TORCH_RUNTIME))
+        torch_record = dataclasses.replace(with_timing(prepared.torch_record, latency, batch_timing),
+                                           timing_group=group,
+                                           measured_with=None if owner == prepared.spec_text else owner)
+        if loader is not None:
+            accuracy = evaluate_accuracy(prepared.built.model, loader, model_name=prepared.spec_text, options=options)
+            torch_record = dataclasses.replace(torch_record, top1=accuracy.top1, top5=accuracy.top5)
         records.append(torch_record)
-    if ONNX_RUNTIME in settings.runtimes:
-        shared_onnx = [measured.get((signature, runtime)) for runtime in (ONNX_RUNTIME, ONNX_RUNTIME_INT8)]
-        is_shared = shared_onnx[0] is not None
-        onnx_records = profile_onnx(built.model, onnx_dir, name=spec_text, input_size=input_size,
-                                    batch_size=settings.batch_size, loader=loader, threads=settings.threads,
-                                    int8=settings.ort_int8, torch_record=torch_record,
-                                    timing=quick if is_shared else settings.timing)
-        for record, first in zip(onnx_records, shared_onnx):
-            if first is not None:
-                record = _share_timing(record, first)
-            else:
-                measured[(signature, record.runtime)] = record
-            records.append(record)
-    del built
-    gc.collect()
-    return [compare_to_teacher(record, teacher_records[record.runtime])
-            if record.runtime in teacher_records else record for record in records]
-
+    for file in prepared.onnx_files:
+        owner, latency, batch_timing = timings.of((prepared.signature, file.runtime))
+        record = onnx_record(file, name=prepared.spec_text, input_size=prepared.input_size,
+                             batch_size=settings.batch_size, static=prepared.onnx_static, latency=latency,
+                             batch_timing=batch_timing, loader=loader)
+        record = dataclasses.replace(record, timing_group=group,
+                                     measured_with=None if owner == prepared.spec_text else owner)
+        records.append(record if torch_record is None else compare_to_torch(record, torch_record))
+    return records
 
 def _finished_records(out_dir: Path | None, resume: bool) -> dict[str, list[ProfileRecord]]:
     if not resume or out_dir is None:
@@ -186,13 +236,27 @@ def _finished_records(out_dir: Path | None, resume: bool) -> dict[str, list[Prof
     return finished
 
 
+def _with_teacher(records: list[ProfileRecord], teacher_records: dict[str, ProfileRecord]) -> list[ProfileRecord]:
+    return [compare_to_teacher(record, teacher_records[record.runtime]) if record.runtime in teacher_records
+            else record for record in records]
+
+
 def profile_specs(model_specs: Sequence[str], *, teacher: str | None = None, settings: SuiteSettings = SuiteSettings(),
                   out_dir: str | os.PathLike[str] | None = None, resume: bool = False,
-                  on_record: Callable[[ProfileRecord], None] | None = None) -> list[ProfileRecord]:
+                  on_record: Callable[[ProfileRecord], None] | None = None,
+                  clock: Clock = time.perf_counter) -> list[ProfileRecord]:
     """Profile the teacher (if any) and every model spec; the teacher's record comes first.
 
-    All specs are parsed before any work starts, so a typo fails in a second rather than after an hour. With
-    `out_dir`, `bench.csv/json/md` are rewritten after each model and `bench.png` at the end.
+    Three passes: every model is built and counted (parameters, FLOPs, activations, peak memory, storage, ONNX
+    export); then all of them are timed together in interleaved rounds (`vitkd.bench.latency.time_interleaved`);
+    then each is evaluated on the dataset, and with `out_dir` the reports are rewritten after each model (`bench.png`
+    at the end). All specs are parsed before any work starts, so a typo fails in a second rather than after an hour.
+    All models are held in memory until the timings end.
+
+    An interrupted run keeps the reports of the models whose evaluation finished (all of them timed in the same
+    rounds); one interrupted before the first evaluation writes nothing (an earlier report in `out_dir` stays as it
+    was). With `resume`, the models already in `bench.json` are reused and the others timed in new rounds; each
+    record's `timing_group` says which rounds it came from, and the report's notes name the groups.
 
     Args:
         model_specs: model specs (see `vitkd.bench.model_spec`); duplicates are profiled once.
@@ -201,26 +265,43 @@ def profile_specs(model_specs: Sequence[str], *, teacher: str | None = None, set
         out_dir: where to write reports and the plot (`None`: write nothing).
         resume: reuse records already in `out_dir/bench.json` with the same name instead of re-measuring.
         on_record: called with each new or reused record (e.g. to print progress).
+        clock: seconds, for the timings; injectable for tests.
     """
     ordered_specs = list(dict.fromkeys([*([teacher] if teacher else []), *model_specs]))
     for spec_text in ordered_specs:
         parse_model_spec(spec_text)
     out_path = None if out_dir is None else Path(out_dir)
     finished = _finished_records(out_path, resume)
+    wanted = {*settings.runtimes, *([ONNX_RUNTIME_INT8] if settings.ort_int8 else [])}
+    reused = {spec_text: finished[spec_text] for spec_text in ordered_specs
+              if {record.runtime for record in finished.get(spec_text, [])} == wanted}
+    options = RuntimeOptions(device=str(resolve_device(settings.device, option="--device")), threads=settings.threads,
+                             channels_last=settings.channels_last, amp=settings.amp, compile=settings.compile)
     records: list[ProfileRecord] = []
     teacher_records: dict[str, ProfileRecord] = {}
-    measured: dict[tuple[str, str], ProfileRecord] = {}
-    wanted = {*settings.runtimes, *([ONNX_RUNTIME_INT8] if settings.ort_int8 else [])}
     with tempfile.TemporaryDirectory(prefix="vitkd-onnx-") as scratch:
         onnx_dir = Path(scratch) if out_path is None else out_path / ONNX_DIR_NAME
-        for spec_text in tqdm(ordered_specs, desc="bench", unit="model", disable=None):
-            reused = finished.get(spec_text, [])
-            if reused and {record.runtime for record in reused} == wanted:
+        onnx_dir.mkdir(parents=True, exist_ok=True)
+        timings = _Timings()
+        prepared = {spec_text: _prepare(spec_text, settings, options, onnx_dir, timings)
+                    for spec_text in tqdm([spec for spec in ordered_specs if spec not in reused], desc="bench: build",
+                                          unit="model", disable=None)}
+        plural = "" if len(prepared) == 1 else "s"
+        group = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) + f" ({len(prepared)} model{plural})"
+        with use_threads(settings.threads), inference_context(options), \
+                tqdm(total=settings.timing.max_rounds, desc="bench: interleaved rounds", unit="round",
+                     disable=None) as bar:
+            timings.results = time_interleaved(timings.subjects, settings=settings.timing, clock=clock,
+                                               on_round=lambda _: bar.update())
+        for spec_text in tqdm(ordered_specs, desc="bench: evaluate", unit="model", disable=None):
+            if spec_text in reused:
                 logger.info("reusing the finished records of %s", spec_text)
-                model_records = [compare_to_teacher(record, teacher_records[record.runtime])
-                                 if record.runtime in teacher_records else record for record in reused]
+                model_records = reused[spec_text]
             else:
-                model_records = _profile_spec(spec_text, settings, teacher_records, onnx_dir, measured)
+                model_records = _finish(prepared[spec_text], settings, options, timings, group)
+                prepared[spec_text].built = None  # free the model: only its records are needed from here
+                gc.collect()
+            model_records = _with_teacher(model_records, teacher_records)
             if spec_text == teacher:
                 teacher_records = {record.runtime: record for record in model_records}
             records.extend(model_records)

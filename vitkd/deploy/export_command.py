@@ -66,7 +66,7 @@ def default_output(source_text: str, model_name: str, onnx: bool) -> Path:
 
 
 def _export_safetensors(source: ModelSource, output: Path) -> int:
-    extra = {key: source.preprocessing[key] for key in ("img_size", "mean", "std", "crop_pct", "classes")
+    extra = {key: source.preprocessing[key] for key in ("img_size", "mean", "std", "crop_pct", "interpolation", "classes")
              if key in source.preprocessing}
     export_student(source.model, output, source.model_name, source.model_kwargs, extra_info=extra)
     print(f"wrote {output / EXPORT_WEIGHTS} and {output / EXPORT_INFO}")

@@ -76,7 +76,8 @@ def digits_batch(input_size: InputSize, batch_size: int, preprocessing: Mapping[
     from vitkd.data import build_eval_loader
 
     loader = build_eval_loader("digits", None, height, batch_size, tuple(preprocessing["mean"]),
-                               tuple(preprocessing["std"]), crop_pct=float(preprocessing.get("crop_pct", 1.0)))
+                               tuple(preprocessing["std"]), crop_pct=float(preprocessing.get("crop_pct", 1.0)),
+                               interpolation=str(preprocessing.get("interpolation", "bicubic")))
     return next(iter(loader)).images
 
 

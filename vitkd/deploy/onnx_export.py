@@ -79,6 +79,7 @@ def load_source(text: str, img_size: int | None = None) -> ModelSource:
         "mean": [float(value) for value in info.get("mean", timm_config["mean"])],
         "std": [float(value) for value in info.get("std", timm_config["std"])],
         "crop_pct": float(info.get("crop_pct", timm_config.get("crop_pct", 0.875))),
+        "interpolation": str(info.get("interpolation", timm_config.get("interpolation", "bicubic"))),
     }
     if info.get("classes"):
         preprocessing["classes"] = list(info["classes"])
@@ -106,6 +107,7 @@ def onnx_metadata(source: ModelSource, dynamic_batch: bool) -> dict[str, str]:
         "mean": json.dumps(source.preprocessing["mean"]),
         "std": json.dumps(source.preprocessing["std"]),
         "crop_pct": repr(source.preprocessing["crop_pct"]),
+        "interpolation": str(source.preprocessing.get("interpolation", "bicubic")),
         "vitkd_version": __version__,
     }
     if source.preprocessing.get("classes"):

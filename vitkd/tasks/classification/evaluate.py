@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -10,29 +10,76 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from vitkd.data.loader import num_classes_of
 from vitkd.engine.amp import autocast
 from vitkd.engine.distributed import DistributedContext, reduce_sums
 from vitkd.errors import ClassCountMismatchError
 
 
-def check_head_matches_classes(model: nn.Module, dataset, weights: str) -> None:
-    """Refuse to evaluate a model whose classifier head has another class count than the dataset (a head with more
-    classes would otherwise score silently). Models without a `num_classes` attribute are checked per batch."""
-    head = getattr(model, "num_classes", None)
-    classes = num_classes_of(dataset)
-    if head is not None and int(head) != classes:
-        raise ClassCountMismatchError(f"{weights}: the model's head has {head} classes but the dataset has "
-                                      f"{classes}; evaluate it on the data it was trained for (or pass the matching "
-                                      f"--dataset/--root/--split)")
+def dataset_class_count(source: Any) -> Optional[int]:
+    """Number of classes a dataset (or a loader) declares, or `None` if it declares none.
+
+    Looks for a `classes` list or an integer `num_classes` on `source`, its `dataset`, and any dataset that
+    dataset wraps through a `dataset` or `base` attribute (torch `Subset`, vitkd's transform wrappers).
+    """
+    pending: list[Any] = [source]
+    visited: set[int] = set()
+    while pending:
+        owner = pending.pop(0)
+        if owner is None or id(owner) in visited:
+            continue
+        visited.add(id(owner))
+        classes = getattr(owner, "classes", None)
+        if classes is not None:
+            return len(classes)
+        num_classes = getattr(owner, "num_classes", None)
+        if isinstance(num_classes, int):
+            return num_classes
+        pending.extend([getattr(owner, "dataset", None), getattr(owner, "base", None)])
+    return None
+
+
+def model_class_count(model: nn.Module) -> Optional[int]:
+    """Width of the model's classifier head (`model.num_classes`, timm's convention), or `None` if not declared."""
+    num_classes = getattr(model, "num_classes", None)
+    return num_classes if isinstance(num_classes, int) else None
+
+
+def class_count_mismatch(source: str, head_classes: int, dataset_classes: int, *,
+                         from_labels: bool = False) -> ClassCountMismatchError:
+    """The one error for a head and a dataset that disagree; `from_labels`: the count is implied by a label."""
+    dataset = (f"labels up to {dataset_classes - 1}, so at least {dataset_classes} classes" if from_labels
+               else f"{dataset_classes} classes")
+    return ClassCountMismatchError(
+        f"{source}: the model's head has {head_classes} classes but the dataset has {dataset}; evaluate it on the "
+        f"data it was trained for (the matching --dataset/--root/--split), or build it with "
+        f"num_classes={dataset_classes}")
+
+
+def check_head_matches_classes(model: nn.Module, dataset: Any, source: str) -> None:
+    """Refuse to evaluate a model whose classifier head has another class count than the dataset (or loader)
+    declares (a head with more classes would otherwise score silently). `source` names the model in the error.
+    Models without a `num_classes` attribute are checked per batch (`check_logits_match_classes`)."""
+    head, classes = model_class_count(model), dataset_class_count(dataset)
+    if head is not None and classes is not None and head != classes:
+        raise class_count_mismatch(source, head, classes)
+
+
+def check_logits_match_classes(output_classes: int, dataset_classes: Optional[int], largest_label: int,
+                               source: str) -> None:
+    """The per-batch form of `check_head_matches_classes`: the logits' width against the declared class count (when
+    any) and against the batch's largest label."""
+    if dataset_classes is not None and dataset_classes != output_classes:
+        raise class_count_mismatch(source, output_classes, dataset_classes)
+    if largest_label >= output_classes:
+        raise class_count_mismatch(source, output_classes, largest_label + 1, from_labels=True)
 
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp_dtype: Optional[torch.dtype] = None,
              context: Optional[DistributedContext] = None, progress: bool = False,
-             description: str = "eval") -> dict[str, float]:
+             description: str = "eval", source: str = "the evaluated model") -> dict[str, float]:
     """Returns {"top1": %, "top5": %, "loss": mean CE, "images": count}. DeiT students average their two heads
-    in eval mode, as timm does."""
+    in eval mode, as timm does. A label beyond the head raises `ClassCountMismatchError` naming `source`."""
     context = context or DistributedContext(device=device)
     was_training = model.training
     model.eval()
@@ -47,9 +94,7 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp_dty
             logits = model(images)
         logits = logits.float()  # (B, C)
         num_classes = logits.shape[1]
-        if labels.max().item() >= num_classes:
-            raise ValueError(f"the dataset has labels up to {labels.max().item()} but the model's head has "
-                             f"{num_classes} classes; check num_classes against the dataset")
+        check_logits_match_classes(num_classes, None, int(labels.max().item()), source)
         top = logits.topk(min(5, num_classes), dim=1).indices  # (B, 5)
         hits = top.eq(labels.unsqueeze(1))
         sums["correct1"] += hits[:, 0].sum().item()

@@ -211,7 +211,8 @@ class ClassificationTask(Task):
                        extra_info={"num_classes": self.num_classes, "classes": self.classes,
                                    "mean": list(self.student_mean),
                                    "std": list(self.student_std), "img_size": self.recipe.data.img_size,
-                                   "crop_pct": self.recipe.data.crop_pct, **construction})
+                                   "crop_pct": self.recipe.data.crop_pct,
+                                   "interpolation": self.recipe.data.interpolation, **construction})
         if quantize is not None:
             save_packed(core_student(model), out_dir / PACKED_FILE, student.name, self.student_kwargs,
                         quantize.activation_bits)
