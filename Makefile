@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install install-dev demo test bench-students clean-venv
+.PHONY: install install-dev demo demo-downstream test bench-students clean-venv
 
 $(VENV)/.installed-run: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,13 @@ install-dev: $(VENV)/.installed-dev
 
 demo: install
 	$(VENV)/bin/vitkd demo
+
+$(VENV)/.installed-downstream: $(VENV)/.installed-run
+	$(PY) -m pip install -e '.[downstream]'
+	touch $@
+
+demo-downstream: $(VENV)/.installed-downstream
+	$(VENV)/bin/vitkd demo downstream
 
 test: install-dev
 	$(PY) -m pytest

@@ -125,16 +125,27 @@ def _downstream_task_of(weights: str) -> Optional[str]:
 
 def _add_demo(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "demo", help="the offline demo: CNN teacher, plain ViT and DeiT students on the bundled digits, with a report")
-    parser.add_argument("--output-dir", default="runs", help="runs go to <output-dir>/demo/")
+        "demo", help="the offline demos: `vitkd demo` (CNN teacher, plain ViT and distilled students on the bundled "
+                     "digits) and `vitkd demo downstream` (those students fine-tuned for detection and segmentation)")
+    parser.add_argument("which", nargs="?", choices=["classification", "downstream"], default="classification",
+                        help="classification (default): distillation on the digits, runs in <output-dir>/demo/; "
+                             "downstream: the plain and the best distilled student (trained there when missing) "
+                             "fine-tuned on the digit scenes, runs in <output-dir>/demo_downstream/")
+    parser.add_argument("--output-dir", default="runs", help="runs go to <output-dir>/demo/ (and demo_downstream/)")
     parser.add_argument("--epochs-scale", type=float, default=1.0,
                         help="multiply every demo recipe's epochs (e.g. 0.1 for a quick smoke run)")
-    parser.add_argument("--fresh", action="store_true", help="retrain every row (by default finished rows of the same "
-                        "recipe are reused and interrupted ones resumed)")
+    parser.add_argument("--fresh", action="store_true", help="retrain every row of this demo (by default finished "
+                        "rows of the same recipe are reused and interrupted ones resumed; downstream: retrains the "
+                        "fine-tunes, not the classification runs)")
     parser.set_defaults(handler=_run_demo)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
+    if args.which == "downstream":
+        from vitkd.downstream_demo import run_downstream_demo
+
+        run_downstream_demo(output_dir=args.output_dir, epochs_scale=args.epochs_scale, fresh=args.fresh)
+        return 0
     from vitkd.demo import run_demo
 
     run_demo(output_dir=args.output_dir, epochs_scale=args.epochs_scale, fresh=args.fresh)

@@ -100,15 +100,24 @@ class ClassificationTask(Task):
         self.student_mean, self.student_std = student_normalization(self.recipe)
         self.teacher: FrozenTeacher | None = None
         teacher = self.recipe.teacher
-        if teacher is not None and teacher.name and not teacher.cache:
-            self.teacher = build_frozen_teacher(self.recipe, self.num_classes).to(self.device)
-            check_input_size(self.teacher.model, self.recipe.data.img_size, "teacher")
+        live_teacher = teacher is not None and bool(teacher.name) and not teacher.cache
+        # Models draw their random initialisation from the global RNG in build order. The student comes first, as
+        # it always has, so a recipe's initial weights (and results) do not depend on whether it has a teacher;
+        # only `student.init`, which copies the teacher's layers, needs the teacher built before it.
+        if live_teacher and student.init is not None:
+            self._build_live_teacher()
         self.student_kwargs = kwargs_with_classes(student.kwargs, self.num_classes, "student.kwargs")
         # the student module that trains: a timm model, possibly made from teacher layers, wrapped for module
         # replacement or quantised (`student.init`, `student.quantize`); `core` is the timm model inside it
         self.student = build_student(student, self.student_kwargs, self._init_teacher(), self.recipe.train.seed)
         self.core = core_student(self.student)
         check_input_size(self.core, self.recipe.data.img_size, "student")
+        if live_teacher and self.teacher is None:
+            self._build_live_teacher()
+
+    def _build_live_teacher(self) -> None:
+        self.teacher = build_frozen_teacher(self.recipe, self.num_classes).to(self.device)
+        check_input_size(self.teacher.model, self.recipe.data.img_size, "teacher")
 
     def _init_teacher(self) -> Optional[nn.Module]:
         """The teacher model `student.init` copies from: the live teacher, else (a cached teacher) built for it."""
