@@ -75,7 +75,7 @@ RECIPE_CASES = [
     ("student.kwargs.num_classes=5", r"student\.kwargs\.num_classes=5 but the dataset has 10 classes"),
     ('losses=[{"name":"kld"}]', r"unknown loss"),
     ("losses.0.name=kld", r"losses: expected a list, got dict"),
-    ("task=detection", r"unknown task"),
+    ("task=detecton", r"unknown task 'detecton' \(did you mean 'detection'\?\)"),
     ("teacher.cache_topk=0", r"teacher\.name is required|teacher\.cache_topk must be a positive integer"),
     ("train.epochs", r"override 'train\.epochs' is not of the form key=value"),
     ("train.output_dir=tiny.yaml/runs", r"train\.output_dir: cannot write the run directory tiny\.yaml/runs/tiny "
