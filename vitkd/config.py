@@ -509,18 +509,25 @@ def _list_index(node: list, key: str, path: list[str]) -> int:
     return index
 
 
+def read_yaml_mapping(path: Path, kind: str) -> dict:
+    """The top-level mapping of a YAML file (`kind`: "recipe file", "pipeline file"); a missing file, invalid YAML
+    or another top-level value raises `ConfigError` naming the file."""
+    if not path.is_file():
+        raise ConfigError(f"{kind} {path} does not exist")
+    try:
+        data = load_yaml(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{kind} {path} is not valid YAML: {error}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{kind} {path} must contain a mapping at the top level")
+    return data
+
+
 def load_raw_recipe(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict:
     """Read a recipe file. A `base: other.yaml` key (relative to this file) is loaded first and deep-merged under
     this file's keys, so recipes that differ in a few keys share one base."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"recipe file {path} does not exist")
-    try:
-        data = load_yaml(path.read_text())
-    except yaml.YAMLError as error:
-        raise ConfigError(f"recipe file {path} is not valid YAML: {error}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"recipe file {path} must contain a mapping at the top level")
+    data = read_yaml_mapping(path, "recipe file")
     base = data.pop("base", None)
     if base is None:
         return data

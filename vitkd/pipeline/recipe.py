@@ -28,9 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional, Sequence
 
-import yaml
-
-from vitkd.config import Recipe, build_dataclass, deep_merge, load_raw_recipe, load_recipe, load_yaml
+from vitkd.config import Recipe, build_dataclass, deep_merge, load_raw_recipe, load_recipe, read_yaml_mapping
 from vitkd.errors import ConfigError
 from vitkd.shipped_recipes import find_recipe
 
@@ -60,14 +58,7 @@ class PipelineConfig:
 def load_pipeline(path: str | Path) -> PipelineConfig:
     """Read and check a pipeline file. Raises ConfigError naming the file and key."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"pipeline file {path} does not exist")
-    try:
-        data = load_yaml(path.read_text())
-    except yaml.YAMLError as error:
-        raise ConfigError(f"pipeline file {path} is not valid YAML: {error}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"pipeline file {path} must hold a mapping with name and stages")
+    data = read_yaml_mapping(path, "pipeline file")
     data.setdefault("name", path.name.removesuffix(".yaml").removesuffix(".pipeline"))
     if "path" in data:
         raise ConfigError(f"{path}: 'path' is not a pipeline key")
