@@ -16,7 +16,7 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 from vitkd.config import Recipe, TrainConfig, dump_recipe, load_raw_recipe, load_recipe
 from vitkd.bench import ProfileRecord, TimingSettings, plot_tradeoffs, profile
@@ -71,6 +71,18 @@ def demo_recipe(recipe_file: str, demo_dir: Path, epochs_scale: float = 1.0, ext
     return resolve_recipe(load_recipe(raw=raw, overrides=extra_overrides))
 
 
+def finished_summary(recipe: Recipe, metric: str) -> Optional[dict[str, Any]]:
+    """The summary of a finished run of exactly `recipe` (same config.yaml, all its epochs, `metric` recorded)."""
+    run_dir = recipe.run_dir
+    config, summary_path = run_dir / "config.yaml", run_dir / "summary.json"
+    if not (config.is_file() and summary_path.is_file()) or config.read_text() != dump_recipe(recipe):
+        return None
+    summary = json.loads(summary_path.read_text())
+    if summary.get("epochs") != recipe.train.epochs or summary.get(metric) is None:
+        return None
+    return summary
+
+
 def train_or_reuse(recipe: Recipe, builds_cache: bool = False) -> dict[str, Any]:
     """Reuse a finished run of the same recipe, resume an interrupted one, else train from scratch.
 
@@ -80,12 +92,11 @@ def train_or_reuse(recipe: Recipe, builds_cache: bool = False) -> dict[str, Any]
     from vitkd.training import train
 
     run_dir = recipe.run_dir
+    summary = finished_summary(recipe, "top1")
+    if summary is not None:
+        print(f"[demo] reusing finished run {run_dir}")
+        return summary
     same_recipe = (run_dir / "config.yaml").is_file() and (run_dir / "config.yaml").read_text() == dump_recipe(recipe)
-    if same_recipe and (run_dir / "summary.json").is_file():
-        summary = json.loads((run_dir / "summary.json").read_text())
-        if summary.get("epochs") == recipe.train.epochs and summary.get("top1") is not None:
-            print(f"[demo] reusing finished run {run_dir}")
-            return summary
     if builds_cache:
         topk = recipe.teacher.cache_topk
         print(f"[demo] caching the teacher's {f'top-{topk}' if topk else 'top-K (default K)'} logits in "

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from vitkd.config import Recipe, TrainConfig, dump_recipe, load_raw_recipe, load_recipe
-from vitkd.demo import DEMO_ROWS, DemoRow, demo_recipe, train_or_reuse
+from vitkd.demo import DEMO_ROWS, DemoRow, demo_recipe, finished_summary, train_or_reuse
 from vitkd.errors import ConfigError
 from vitkd.files import atomic_write
 from vitkd.shipped_recipes import recipes_dir
@@ -55,18 +55,6 @@ class Backbone:
     method: str  # how the backbone was pre-trained, as the table says it
     checkpoint: Optional[str]  # a classification run directory, or None for random weights
     top1: Optional[float]  # its classification top-1 on the digits (None: untrained)
-
-
-def finished_summary(recipe: Recipe, metric: str) -> Optional[dict[str, Any]]:
-    """The summary of a finished run of exactly `recipe` (same config.yaml, all its epochs, `metric` recorded)."""
-    run_dir = recipe.run_dir
-    config, summary_path = run_dir / "config.yaml", run_dir / "summary.json"
-    if not (config.is_file() and summary_path.is_file()) or config.read_text() != dump_recipe(recipe):
-        return None
-    summary = json.loads(summary_path.read_text())
-    if summary.get("epochs") != recipe.train.epochs or summary.get(metric) is None:
-        return None
-    return summary
 
 
 def same_architecture(recipe: Recipe, other: Recipe) -> bool:
