@@ -29,7 +29,27 @@ class WeightQuantizer(Protocol):
     def __call__(self, weight: torch.Tensor) -> torch.Tensor: ...
 
 
-class QuantizedLinear(nn.Linear):
+class _QuantizedForward:
+    """What every quantised layer does around its op: fake-quantise the input when asked, and use the quantised
+    weight with straight-through gradients. Needs `weight`, `weight_quantizer` and `input_quantizer`."""
+
+    weight: nn.Parameter
+    weight_quantizer: WeightQuantizer
+    input_quantizer: Optional[nn.Module]
+
+    def quantized_input(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.input_quantizer is None else self.input_quantizer(x)
+
+    def training_weight(self) -> torch.Tensor:
+        """The quantised weight, same shape as `weight`, whose gradient flows to `weight` unchanged."""
+        return straight_through(self.weight, self.weight_quantizer(self.weight))
+
+    def quantized_weight(self) -> torch.Tensor:
+        """The weight the forward uses, without a gradient path (for exports)."""
+        return self.weight_quantizer(self.weight.detach())
+
+
+class QuantizedLinear(_QuantizedForward, nn.Linear):
     """nn.Linear (in -> out) whose forward uses `weight_quantizer(weight)`; input (..., in) -> (..., out)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool, weight_quantizer: WeightQuantizer,
@@ -46,21 +66,15 @@ class QuantizedLinear(nn.Linear):
         layer.load_state_dict(linear.state_dict())
         return layer
 
-    def quantized_weight(self) -> torch.Tensor:
-        """(out, in): the weight the forward uses (no gradient path; for exports)."""
-        return self.weight_quantizer(self.weight.detach())
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.input_quantizer is not None:
-            x = self.input_quantizer(x)
-        return F.linear(x, straight_through(self.weight, self.weight_quantizer(self.weight)), self.bias)
+        return F.linear(self.quantized_input(x), self.training_weight(), self.bias)
 
     def extra_repr(self) -> str:
         quantized_inputs = self.input_quantizer is not None
         return f"{super().extra_repr()}, weights={self.weight_quantizer}, activations={quantized_inputs}"
 
 
-class QuantizedConv2d(nn.Conv2d):
+class QuantizedConv2d(_QuantizedForward, nn.Conv2d):
     """nn.Conv2d (a patch embedding's projection) with quantised kernels; (B, C, H, W) -> (B, D, H', W')."""
 
     weight_quantizer: WeightQuantizer
@@ -75,16 +89,11 @@ class QuantizedConv2d(nn.Conv2d):
         layer.input_quantizer = input_quantizer
         return layer
 
-    def quantized_weight(self) -> torch.Tensor:
-        return self.weight_quantizer(self.weight.detach())
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.input_quantizer is not None:
-            x = self.input_quantizer(x)
-        return self._conv_forward(x, straight_through(self.weight, self.weight_quantizer(self.weight)), self.bias)
+        return self._conv_forward(self.quantized_input(x), self.training_weight(), self.bias)
 
 
-class SplitBinaryLinear(nn.Module):
+class SplitBinaryLinear(_QuantizedForward, nn.Module):
     """A binary layer of twice the input width standing for one linear layer (BinaryBERT's ternary weight splitting).
 
     weight (out, 2 * in) = [W_1 | W_2], each half binarised with its own scales; the forward computes
@@ -111,10 +120,7 @@ class SplitBinaryLinear(nn.Module):
         return wide.reshape(self.out_features, 2, self.in_features).sum(dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.input_quantizer is not None:
-            x = self.input_quantizer(x)
-        wide = straight_through(self.weight, self.weight_quantizer(self.weight))  # (out, 2 * in)
-        return F.linear(x, self.merge(wide), self.bias)
+        return F.linear(self.quantized_input(x), self.merge(self.training_weight()), self.bias)  # wide: (out, 2 * in)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features} (binary, split: 2x wide)"
