@@ -77,6 +77,15 @@ RECIPE_CASES = [
     ("losses.0.name=kld", r"losses: expected a list, got dict"),
     ("task=detecton", r"unknown task 'detecton' \(did you mean 'detection'\?\)"),
     ("teacher.cache_topk=0", r"teacher\.name is required|teacher\.cache_topk must be a positive integer"),
+    # unknown keys inside optional sections are named, not the whole section dumped
+    ("teacher.nme=x", r"^vitkd train: error: teacher\.nme: unknown key \(did you mean 'name'\?\); valid keys:"),
+    ("student.init.methd=x", r"^vitkd train: error: student\.init\.methd: unknown key \(did you mean 'method'\?\)"),
+    ("student.quantize.weight_bit=1", r"^vitkd train: error: student\.quantize\.weight_bit: unknown key \(did you "
+                                      r"mean 'weight_bits'\?\)"),
+    ("task=detection downstream.head.box_batch_size_per_image=0",
+     r"downstream\.head\.box_batch_size_per_image must be > 0, got 0"),
+    ("downstream.head.rpn_batch=8", r"^vitkd train: error: downstream\.head\.rpn_batch: unknown key; valid keys: "
+                                    r"anchor_sizes, .*rpn_batch_size_per_image"),
     ("train.epochs", r"override 'train\.epochs' is not of the form key=value"),
     ("train.output_dir=tiny.yaml/runs", r"train\.output_dir: cannot write the run directory tiny\.yaml/runs/tiny "
                                         r"\(Not a directory\); choose a writable train\.output_dir"),

@@ -253,12 +253,21 @@ class DownstreamBackboneConfig:
     layer_decay: Optional[float] = None
 
 
+#: `DownstreamHeadConfig` keys passed to torchvision's detectors under the same names.
+DETECTOR_SAMPLING_KEYS = ("rpn_pre_nms_top_n_train", "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_train",
+                          "rpn_post_nms_top_n_test", "rpn_batch_size_per_image", "box_batch_size_per_image")
+
+
 @dataclass
 class DownstreamHeadConfig:
     """The task head. Detection (torchvision Faster / Mask R-CNN): `anchor_sizes` one per pyramid level (default
     8 x the level's stride), `aspect_ratios`, torchvision's resize bounds `min_size` / `max_size` (default: the
     fine-tune size `downstream.data.size`, both), `detections_per_img`, the widths `box_head_width` /
-    `mask_head_width` (torchvision's 1024 / 256). Semantic segmentation: `name` `semantic_fpn` (Kirillov et al.,
+    `mask_head_width` (torchvision's 1024 / 256), and how many proposals and samples the detector keeps, under
+    torchvision's names and with its defaults: `rpn_pre_nms_top_n_train` / `_test` (2000 / 1000 anchors per level
+    before NMS), `rpn_post_nms_top_n_train` / `_test` (2000 / 1000 proposals after it), `rpn_batch_size_per_image`
+    (256 anchors sampled for the RPN loss) and `box_batch_size_per_image` (512 proposals sampled for the RoI heads;
+    scenes with a few objects need far fewer, and the RoI-Align backward scales with it). Semantic segmentation: `name` `semantic_fpn` (Kirillov et al.,
     `channels` wide) or `linear` (a linear map of the ViT's tokens; needs `backbone.pyramid: false`), `dropout`.
     """
 
@@ -270,6 +279,12 @@ class DownstreamHeadConfig:
     detections_per_img: int = 100
     box_head_width: int = 1024
     mask_head_width: int = 256
+    rpn_pre_nms_top_n_train: int = 2000
+    rpn_pre_nms_top_n_test: int = 1000
+    rpn_post_nms_top_n_train: int = 2000
+    rpn_post_nms_top_n_test: int = 1000
+    rpn_batch_size_per_image: int = 256
+    box_batch_size_per_image: int = 512
     channels: int = 128
     dropout: float = 0.1
 
@@ -359,14 +374,19 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
+        errors: dict[Any, ConfigError] = {}
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _convert(value, arg, path)
             except ConfigError as error:
-                errors.append(str(error))
+                errors[arg] = error
+        # a mapping meant for the one dataclass arm (or a value for the one arm there is) fails for that arm's
+        # reason, which names the key inside it, not with the whole mapping
+        sections = [arg for arg in errors if dataclasses.is_dataclass(arg)] if isinstance(value, dict) else []
+        if len(errors) == 1 or len(sections) == 1:
+            raise (errors[sections[0]] if sections else next(iter(errors.values())))
         raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
     if origin is Literal:
         choices = typing.get_args(tp)
@@ -659,6 +679,7 @@ def check_downstream(downstream: DownstreamConfig) -> None:
                ("downstream.head.detections_per_img", head.detections_per_img, 0, False),
                ("downstream.head.box_head_width", head.box_head_width, 0, False),
                ("downstream.head.mask_head_width", head.mask_head_width, 0, False),
+               *((f"downstream.head.{name}", getattr(head, name), 0, False) for name in DETECTOR_SAMPLING_KEYS),
                ("downstream.head.channels", head.channels, 0, False),
                ("downstream.data.size", data.size, 0, False),
                ("downstream.data.num_classes", data.num_classes, 0, False)]

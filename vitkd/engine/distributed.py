@@ -84,6 +84,18 @@ def reduce_sums(values: dict[str, float], context: DistributedContext) -> dict[s
     return {k: float(v) for k, v in zip(keys, tensor.tolist())}
 
 
+def mean_over_processes(value: torch.Tensor, context: DistributedContext) -> torch.Tensor:
+    """The mean of the float tensor `value` over processes (`value` itself in a single process); every process must
+    call it. Normalising a loss sum by the mean count of what it summed makes DistributedDataParallel's average of
+    the per-process gradients the gradient of the mean over the global batch."""
+    value = value.detach().to(device=context.device, dtype=torch.float32)
+    if context.enabled and dist.is_initialized():
+        value = value.clone()
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+        value /= context.world_size
+    return value
+
+
 def all_processes_agree(flag: torch.Tensor, context: DistributedContext) -> bool:
     """True when the boolean scalar `flag` is true on every process (the flag itself in a single process).
 

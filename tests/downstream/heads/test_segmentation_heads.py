@@ -59,3 +59,20 @@ def test_cross_entropy_with_nothing_labelled_is_zero():
     assert loss.item() == 0.0 and torch.equal(logits.grad, torch.zeros_like(logits))
     with pytest.raises(ValueError, match="share batch and spatial sizes"):
         SegmentationCrossEntropy()(logits, torch.zeros(1, 3, 3, dtype=torch.long))
+
+
+def test_cross_entropy_divides_by_a_given_normaliser_instead_of_its_own_count():
+    """Two processes' shards of one batch with 2 and 1 labelled pixels: each divides its sum by the mean count, 1.5,
+    so the average of the two losses (what DDP's gradient average sees) is the mean over all 3 labelled pixels;
+    the average of the shards' own means is not."""
+    loss = SegmentationCrossEntropy()
+    logits_a, target_a = torch.tensor([[[[2.0, 0.0, 5.0]], [[0.0, 0.0, -5.0]]]]), torch.tensor([[[0, 1, 255]]])
+    logits_b, target_b = torch.tensor([[[[0.0, 1.0]], [[3.0, 0.0]]]]), torch.tensor([[[1, 255]]])
+    a1, a2, b1 = math.log(1 + math.exp(-2.0)), math.log(2.0), math.log(1 + math.exp(-3.0))
+    assert loss.labelled_pixels(target_a).item() == 2.0 and loss.labelled_pixels(target_b).item() == 1.0
+    normaliser = torch.tensor(1.5)  # (2 + 1) / 2 processes
+    balanced = (loss(logits_a, target_a, normaliser) + loss(logits_b, target_b, normaliser)) / 2
+    assert balanced.item() == pytest.approx((a1 + a2 + b1) / 3)
+    own_means = (loss(logits_a, target_a) + loss(logits_b, target_b)) / 2
+    assert own_means.item() == pytest.approx(((a1 + a2) / 2 + b1) / 2)
+    assert abs(own_means.item() - (a1 + a2 + b1) / 3) > 0.05

@@ -30,12 +30,19 @@ def recipe(tmp_path, scenes, **student):
             "data": {"dataset": "coco", **scenes, "size": 64, "scale_range": [0.5, 1.0]},
             "backbone": {"out_channels": 16, "window_size": 2, "global_blocks": [1], "drop_path_rate": 0.1},
             "head": {"anchor_sizes": [8, 16, 32, 64, 128], "min_size": 64, "max_size": 64, "box_head_width": 32,
-                     "mask_head_width": 8, "detections_per_img": 10}}})
+                     "mask_head_width": 8, "detections_per_img": 10, "rpn_pre_nms_top_n_train": 200,
+                     "rpn_post_nms_top_n_train": 100, "rpn_post_nms_top_n_test": 50, "rpn_batch_size_per_image": 32,
+                     "box_batch_size_per_image": 16}}})
 
 
 def test_mask_rcnn_fine_tune_reports_box_and_mask_ap(tmp_path, scenes):
     trainer = build_trainer(recipe(tmp_path, scenes))
     assert trainer.task.num_classes == 10 and trainer.task.class_names == [str(digit) for digit in range(10)]
+    model = trainer.task.model  # the proposal and sample counts reach torchvision's detector
+    assert model.rpn._pre_nms_top_n["training"] == 200 and model.rpn._post_nms_top_n == {"training": 100,
+                                                                                         "testing": 50}
+    assert model.rpn.fg_bg_sampler.batch_size_per_image == 32
+    assert model.roi_heads.fg_bg_sampler.batch_size_per_image == 16
     summary = trainer.fit()
     assert summary["key_metric"] == "mask_AP"
     for prefix in ("box", "mask"):

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from vitkd.config import Recipe
+from vitkd.config import DETECTOR_SAMPLING_KEYS, Recipe
 from vitkd.downstream.data import CocoDataset, DigitScenesPaths, dataset_paths, detection_collate
 from vitkd.downstream.data.digit_scenes import DIGIT_SCENES
 from vitkd.downstream.data.transforms import detection_transforms
@@ -48,7 +48,8 @@ class DetectionTask(DownstreamTask):
             backbone, self.num_classes, masks=self.masks, anchor_sizes=head.anchor_sizes,
             aspect_ratios=head.aspect_ratios, min_size=head.min_size or size, max_size=head.max_size or size,
             image_mean=self.student.mean, image_std=self.student.std, box_head_width=head.box_head_width,
-            mask_head_width=head.mask_head_width, box_detections_per_img=head.detections_per_img).to(self.device)
+            mask_head_width=head.mask_head_width, box_detections_per_img=head.detections_per_img,
+            **{name: getattr(head, name) for name in DETECTOR_SAMPLING_KEYS}).to(self.device)
         self.trainable = self.model
 
     def _build_data(self) -> None:

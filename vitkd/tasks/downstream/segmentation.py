@@ -24,7 +24,7 @@ from vitkd.downstream.data.transforms import segmentation_transforms
 from vitkd.downstream.heads import SegmentationCrossEntropy, build_segmenter
 from vitkd.downstream.metrics import ConfusionMatrix
 from vitkd.engine.amp import autocast
-from vitkd.engine.distributed import DistributedContext
+from vitkd.engine.distributed import DistributedContext, mean_over_processes
 from vitkd.engine.task import TOTAL_LOSS, StepResult
 from vitkd.tasks.downstream.common import DownstreamTask
 from vitkd.tasks.downstream.seeded_pairs import SeededPairDataset
@@ -66,7 +66,10 @@ class SemanticSegmentationTask(DownstreamTask):
         images, masks = batch
         images = images.to(self.device, non_blocking=True)  # (B, 3, S, S)
         masks = masks.to(self.device, non_blocking=True)  # (B, S, S)
-        loss = self.loss(trainable(images), masks)
+        # DDP: the mean labelled-pixel count over processes, so each process's share of ignored pixels cannot tilt
+        # the averaged gradient (one process: the batch's own count)
+        normaliser = mean_over_processes(self.loss.labelled_pixels(masks), self.context)
+        loss = self.loss(trainable(images), masks, normaliser)
         return StepResult(losses={TOTAL_LOSS: loss}, num_samples=images.shape[0])
 
     @torch.inference_mode()
