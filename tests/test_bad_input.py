@@ -84,6 +84,10 @@ RECIPE_CASES = [
                                       r"mean 'weight_bits'\?\)"),
     ("task=detection downstream.head.box_batch_size_per_image=0",
      r"downstream\.head\.box_batch_size_per_image must be > 0, got 0"),
+    ("task=detection downstream.inference.mode=slide",
+     r"downstream\.inference\.mode: slide is semantic segmentation's sliding-window inference; task 'detection'"),
+    ("task=semantic_segmentation downstream.inference.mode=slide downstream.inference.crop=64 "
+     "downstream.inference.stride=65", r"downstream\.inference\.stride \(65\) is larger than the window"),
     ("downstream.head.rpn_batch=8", r"^vitkd train: error: downstream\.head\.rpn_batch: unknown key; valid keys: "
                                     r"anchor_sizes, .*rpn_batch_size_per_image"),
     ("train.epochs", r"override 'train\.epochs' is not of the form key=value"),

@@ -234,7 +234,9 @@ class DownstreamBackboneConfig:
     `kind`: `plain` (a timm ViT/DeiT: ViTDet's simple feature pyramid from block `block_index`), `hierarchical`
     (TinyViT, Swin, CNNs: stage outputs `out_indices` into torchvision's FPN) or `auto` (plain for ViTs).
     `window_size`: ViTDet window attention in every block but `global_blocks` (default 4 evenly spaced); 0: global
-    attention everywhere. `pyramid: false` keeps a plain ViT's stride-16 tokens alone (for the `linear` head).
+    attention everywhere. `rel_pos`: ViTDet's decomposed relative position biases in every block of a plain ViT
+    (zero-initialised tables learned while fine-tuning; ViTDet's COCO setting). `pyramid: false` keeps a plain
+    ViT's stride-16 tokens alone (for the `linear` head).
     `out_channels`: width of every pyramid level. `freeze`: train the pyramid and heads only (linear probing).
     `drop_path_rate`: stochastic depth of the student while fine-tuning (null: as the student was built).
     `layer_decay`: layer-wise lr decay (timm's `layer_decay`): the lr of a layer at depth d below the top is
@@ -245,6 +247,7 @@ class DownstreamBackboneConfig:
     block_index: int = -1
     window_size: int = 0
     global_blocks: Optional[list[int]] = None
+    rel_pos: bool = False
     pyramid: bool = True
     out_channels: int = 256
     out_indices: Optional[list[int]] = None
@@ -263,7 +266,9 @@ class DownstreamHeadConfig:
     """The task head. Detection (torchvision Faster / Mask R-CNN): `anchor_sizes` one per pyramid level (default
     8 x the level's stride), `aspect_ratios`, torchvision's resize bounds `min_size` / `max_size` (default: the
     fine-tune size `downstream.data.size`, both), `detections_per_img`, the widths `box_head_width` /
-    `mask_head_width` (torchvision's 1024 / 256), and how many proposals and samples the detector keeps, under
+    `mask_head_width` (torchvision's 1024 / 256), `box_head` `2mlp` (torchvision's) or `4conv1fc` (ViTDet's: four
+    3x3 convs then one fully connected layer), `rpn_convs` (3x3 convs in the RPN head; ViTDet 2), `conv_norm` `none`
+    or `layernorm` (after the box and mask heads' convs; ViTDet's "LN"), and how many proposals and samples the detector keeps, under
     torchvision's names and with its defaults: `rpn_pre_nms_top_n_train` / `_test` (2000 / 1000 anchors per level
     before NMS), `rpn_post_nms_top_n_train` / `_test` (2000 / 1000 proposals after it), `rpn_batch_size_per_image`
     (256 anchors sampled for the RPN loss) and `box_batch_size_per_image` (512 proposals sampled for the RoI heads;
@@ -279,6 +284,9 @@ class DownstreamHeadConfig:
     detections_per_img: int = 100
     box_head_width: int = 1024
     mask_head_width: int = 256
+    box_head: Literal["2mlp", "4conv1fc"] = "2mlp"
+    rpn_convs: int = 1
+    conv_norm: Literal["none", "layernorm"] = "none"
     rpn_pre_nms_top_n_train: int = 2000
     rpn_pre_nms_top_n_test: int = 1000
     rpn_post_nms_top_n_train: int = 2000
@@ -319,13 +327,30 @@ class DownstreamDataConfig:
 
 
 @dataclass
+class DownstreamInferenceConfig:
+    """How semantic segmentation evaluates an image: `mode` `whole` (the image at its own size in one forward) or
+    `slide` (overlapping `crop` x `crop` windows every `stride` pixels, logits averaged where they overlap; `crop`
+    defaults to `downstream.data.size`, `stride` to two thirds of the crop, mmseg's ADE20K 512 / 341)."""
+
+    mode: Literal["whole", "slide"] = "whole"
+    crop: Optional[int] = None
+    stride: Optional[int] = None
+
+
+@dataclass
 class DownstreamConfig:
     """Fine-tuning the student as a backbone (tasks `detection`, `instance_segmentation`,
-    `semantic_segmentation`): `backbone`, `head` and `data` sections."""
+    `semantic_segmentation`): `backbone`, `head`, `data` and `inference` sections."""
 
     backbone: DownstreamBackboneConfig = field(default_factory=DownstreamBackboneConfig)
     head: DownstreamHeadConfig = field(default_factory=DownstreamHeadConfig)
     data: DownstreamDataConfig = field(default_factory=DownstreamDataConfig)
+    inference: DownstreamInferenceConfig = field(default_factory=DownstreamInferenceConfig)
+
+    def slide_window(self) -> tuple[int, int]:
+        """(crop, stride) of sliding-window inference, defaults filled in."""
+        crop = self.inference.crop or self.data.size
+        return crop, self.inference.stride or max(1, round(2 * crop / 3))
 
 
 @dataclass
@@ -617,6 +642,9 @@ def check_values(recipe: Recipe) -> None:
     checkpoint_interval(recipe.train.checkpoint_every)
     if recipe.downstream is not None:
         check_downstream(recipe.downstream)
+        if recipe.downstream.inference.mode == "slide" and recipe.task != "semantic_segmentation":
+            raise ConfigError(f"downstream.inference.mode: slide is semantic segmentation's sliding-window "
+                              f"inference; task {recipe.task!r} evaluates whole images (mode: whole)")
     check_library_names(recipe)
 
 
@@ -679,13 +707,20 @@ def check_downstream(downstream: DownstreamConfig) -> None:
                ("downstream.head.detections_per_img", head.detections_per_img, 0, False),
                ("downstream.head.box_head_width", head.box_head_width, 0, False),
                ("downstream.head.mask_head_width", head.mask_head_width, 0, False),
+               ("downstream.head.rpn_convs", head.rpn_convs, 0, False),
                *((f"downstream.head.{name}", getattr(head, name), 0, False) for name in DETECTOR_SAMPLING_KEYS),
                ("downstream.head.channels", head.channels, 0, False),
                ("downstream.data.size", data.size, 0, False),
+               ("downstream.inference.crop", downstream.inference.crop, 0, False),
+               ("downstream.inference.stride", downstream.inference.stride, 0, False),
                ("downstream.data.num_classes", data.num_classes, 0, False)]
     for key, value, low, closed in bounded:
         if value is not None and (value < low if closed else value <= low):
             raise ConfigError(f"{key} must be {'>=' if closed else '>'} {low}, got {value:g}")
+    crop, stride = downstream.slide_window()
+    if stride > crop:
+        raise ConfigError(f"downstream.inference.stride ({stride}) is larger than the window "
+                          f"(downstream.inference.crop {crop}): windows would leave pixels out; use a stride <= {crop}")
     if backbone.layer_decay is not None and backbone.layer_decay > 1:
         raise ConfigError(f"downstream.backbone.layer_decay must be in (0, 1], got {backbone.layer_decay:g}")
     if backbone.drop_path_rate is not None and backbone.drop_path_rate >= 1:

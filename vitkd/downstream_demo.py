@@ -137,14 +137,11 @@ def backbone_cost(recipe: Recipe) -> tuple[int, int]:
     and its pyramid or FPN, without the task head (whose cost depends on the proposals). Random weights: the
     weights do not change either figure."""
     from vitkd.bench import count_flops, count_parameters
-    from vitkd.downstream.backbones import build_backbone, load_student
+    from vitkd.downstream.backbones import build_configured_backbone, load_student
 
     options, size = recipe.downstream.backbone, recipe.downstream.data.size
     student = load_student(recipe.student.name, recipe.student.kwargs, None, options.drop_path_rate)
-    backbone = build_backbone(
-        student.model, options.kind, out_channels=options.out_channels, block_index=options.block_index,
-        window_size=options.window_size, global_blocks=options.global_blocks, fine_tune_size=(size, size),
-        pyramid=options.pyramid, out_indices=options.out_indices, freeze=options.freeze)
+    backbone = build_configured_backbone(student.model, options, size)
     return count_parameters(backbone), count_flops(backbone, (3, size, size))
 
 

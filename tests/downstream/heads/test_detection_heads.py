@@ -61,3 +61,35 @@ def test_fixed_size_resizes_every_image():
 def test_anchor_sizes_must_match_the_levels():
     with pytest.raises(ConfigError, match="downstream.head.anchor_sizes has 3 sizes but the backbone has 5 levels"):
         build_detector(tiny_backbone(), num_classes=2, anchor_sizes=[8, 16, 32])
+
+
+def test_vitdet_heads_four_convs_one_fc_two_rpn_convs_and_layernorm():
+    """ViTDet's heads: the box head is 4 convs of the pyramid width with channel-wise LayerNorm and one fully
+    connected layer, the RPN has two 3x3 convs, the mask head's convs are normalised too; it trains and predicts."""
+    from timm.layers import LayerNorm2d
+    from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead
+
+    torch.manual_seed(0)
+    detector = build_detector(tiny_backbone("plain"), num_classes=3, masks=True, anchor_sizes=[8, 16, 32, 64, 128],
+                              box_head="4conv1fc", rpn_convs=2, conv_norm="layernorm", **SMALL_DETECTOR)
+    box_head = detector.roi_heads.box_head
+    assert isinstance(box_head, FastRCNNConvFCHead)
+    convs = [module for module in box_head.modules() if isinstance(module, torch.nn.Conv2d)]
+    linears = [module for module in box_head.modules() if isinstance(module, torch.nn.Linear)]
+    assert len(convs) == 4 and all(conv.out_channels == 16 for conv in convs)  # the pyramid's 16 channels
+    assert len(linears) == 1 and linears[0].out_features == SMALL_DETECTOR["box_head_width"]
+    assert sum(isinstance(module, LayerNorm2d) for module in box_head.modules()) == 4
+    assert sum(isinstance(module, LayerNorm2d) for module in detector.roi_heads.mask_head.modules()) == 4
+    assert len(detector.rpn.head.conv) == 2
+    images, targets = _scenes(True)
+    sum(detector(images, targets).values()).backward()
+    detector.eval()
+    assert len(detector(images)) == 2
+
+
+def test_unknown_box_head_and_norm_are_named():
+    with pytest.raises(ConfigError, match=r"downstream\.head\.box_head: unknown box head '4conv'; valid: 2mlp, "
+                                          r"4conv1fc"):
+        build_detector(tiny_backbone("plain"), num_classes=3, anchor_sizes=[8, 16, 32, 64, 128], box_head="4conv")
+    with pytest.raises(ConfigError, match=r"downstream\.head\.conv_norm: unknown norm 'bn'; valid: none, layernorm"):
+        build_detector(tiny_backbone("plain"), num_classes=3, anchor_sizes=[8, 16, 32, 64, 128], conv_norm="bn")

@@ -74,3 +74,17 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(straight, scenes, tmp_
     resumed = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")["model"]
     assert expected.keys() == resumed.keys()
     assert all(torch.equal(expected[key], resumed[key]) for key in expected)
+
+
+def test_sliding_window_evaluation_of_a_fine_tuned_run(straight):
+    """`downstream.inference.mode=slide` at evaluation: one window as large as the 128-pixel validation scenes is
+    whole-image inference exactly; the fine-tune's 64-pixel crops every 43 pixels (two thirds, 3 x 3 windows) score
+    the same scenes window by window (with other figures: each window gets the 64-pixel position embedding)."""
+    trainer, _, _ = straight
+    whole = evaluate_run(trainer.run_dir, [], device="cpu")
+    one_window = evaluate_run(trainer.run_dir, ["downstream.inference.mode=slide", "downstream.inference.crop=128"],
+                              device="cpu")
+    assert one_window["mIoU"] == whole["mIoU"] and one_window["pixel_acc"] == whole["pixel_acc"]
+    windows = evaluate_run(trainer.run_dir, ["downstream.inference.mode=slide"], device="cpu")
+    assert 0.0 < windows["pixel_acc"] <= 1.0 and 0.0 < windows["mIoU"] <= 1.0
+    assert windows["pixel_acc"] != whole["pixel_acc"]  # 3 x 3 windows: not the whole-image forward

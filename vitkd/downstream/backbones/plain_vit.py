@@ -34,6 +34,8 @@ class PlainViTBackbone(DownstreamBackbone):
             (head and blocks after `block_index` removed, attention made grid-aware).
         block_index: the block whose output feeds the pyramid (-1: the last); later blocks are removed.
         window_size: ViTDet window attention in the blocks not in `global_blocks` (0: global everywhere).
+        rel_pos: ViTDet's decomposed relative position biases in every block (zero-initialised, sized for the
+            window or the fine-tune grid), on top of the absolute position embedding.
         global_blocks: blocks that keep global attention (default: 4 evenly spaced ones, the last included).
         fine_tune_size: (H, W) of the fine-tuning inputs; the position embedding is resampled once to their grid
             and learned there (other sizes are still resampled on the fly).
@@ -50,7 +52,7 @@ class PlainViTBackbone(DownstreamBackbone):
     def __init__(self, vit: VisionTransformer, block_index: int = -1, window_size: int = 0,
                  global_blocks: Optional[Sequence[int]] = None, fine_tune_size: Optional[Sequence[int]] = None,
                  pyramid: bool = True, scales: Optional[Sequence[float]] = None, out_channels: int = 256,
-                 extra_pool_level: bool = True, final_norm: bool = True) -> None:
+                 extra_pool_level: bool = True, final_norm: bool = True, rel_pos: bool = False) -> None:
         super().__init__()
         if not isinstance(vit, VisionTransformer) or not isinstance(vit.patch_embed, PatchEmbed):
             raise ConfigError(f"a plain-ViT backbone needs a timm VisionTransformer with a PatchEmbed, got "
@@ -62,12 +64,13 @@ class PlainViTBackbone(DownstreamBackbone):
                               f"(valid: 0..{depth - 1}, or -1 for the last)")
         vit.prune_intermediate_layers([block_index], prune_norm=not final_norm, prune_head=True)
         _drop_prefix_tokens(vit)
-        self.global_blocks = grid_attention_blocks(vit.blocks, window_size, global_blocks)
         self.window_size = window_size
         self.patch_size = tuple(vit.patch_embed.patch_size)
         if fine_tune_size is not None:
             height, width = (int(side) for side in fine_tune_size)
             vit.set_input_size(img_size=(self._padded(height, 0), self._padded(width, 1)))
+        grid = tuple(int(side) for side in vit.patch_embed.grid_size)  # the fine-tune grid once resized
+        self.global_blocks = grid_attention_blocks(vit.blocks, window_size, global_blocks, grid if rel_pos else None)
         self.body = vit
         embed_dim = vit.embed_dim
         scales = scales_for_patch(self.patch_size[0]) if scales is None else scales

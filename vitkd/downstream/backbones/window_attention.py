@@ -5,7 +5,8 @@ detection resolutions (a 1024x1024 image is 4096 stride-16 tokens). ViTDet restr
 non-overlapping windows (14x14 tokens) and keeps a few evenly spaced blocks global, so information still flows
 across the image. Here the timm `Attention` module of each block is wrapped by `GridAttention`, which receives the
 tokens as a grid (B, H, W, D) -- the block's norms, MLP, layer scale and drop path are per-token or per-sample and
-work on the grid unchanged -- and runs the wrapped attention globally or inside windows.
+work on the grid unchanged -- and runs the wrapped attention globally or inside windows, optionally with ViTDet's
+relative position biases (`relative_position.py`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vitkd.downstream.backbones.relative_position import DecomposedRelativePosition
 from vitkd.errors import ConfigError
 
 
@@ -26,31 +28,46 @@ class GridAttention(nn.Module):
         attention: the block's attention (takes (B, N, D) tokens, returns (B, N, D)); its weights are kept.
         window_size: side of the square windows in tokens; 0 attends globally. A window larger than the grid is
             clipped to the grid (at small inputs a window block is then a global block, not a padded one).
+        rel_pos_grid: add ViTDet's relative position biases, their tables sized for this (h, w) grid (a global
+            block's fine-tune grid; window blocks size theirs for the window); None: no biases.
 
     Shapes: x (B, H, W, D) -> (B, H, W, D). Windows that do not tile the grid are completed with zero tokens on
     the bottom/right (as ViTDet does), which are removed again after attention.
     """
 
-    def __init__(self, attention: nn.Module, window_size: int = 0) -> None:
+    def __init__(self, attention: nn.Module, window_size: int = 0,
+                 rel_pos_grid: Optional[tuple[int, int]] = None) -> None:
         super().__init__()
         if window_size < 0:
             raise ValueError(f"window_size must be >= 0 (0: global attention), got {window_size}")
         self.attention = attention
         self.window_size = window_size
+        self.rel_pos = None
+        if rel_pos_grid is not None:
+            size = (window_size, window_size) if window_size else tuple(rel_pos_grid)
+            self.rel_pos = DecomposedRelativePosition(attention, size)
+
+    def _attend(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """The wrapped attention over (B', h * w, D) tokens of h x w grids, with the position bias if any."""
+        if self.rel_pos is None:
+            return self.attention(tokens)
+        return self.attention(tokens, attn_mask=self.rel_pos.bias(self.attention, tokens, grid))
 
     def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None,
                 is_causal: bool = False) -> torch.Tensor:
         # attn_mask / is_causal: accepted because timm blocks pass them; a detection backbone never masks tokens
         batch, height, width, dim = x.shape
         if self.window_size == 0:
-            return self.attention(x.reshape(batch, height * width, dim)).reshape(batch, height, width, dim)
+            tokens = self._attend(x.reshape(batch, height * width, dim), (height, width))
+            return tokens.reshape(batch, height, width, dim)
         window_h, window_w = min(self.window_size, height), min(self.window_size, width)
         windows, padded = window_partition(x, window_h, window_w)  # (B * nW, window_h * window_w, D)
-        windows = self.attention(windows)
+        windows = self._attend(windows, (window_h, window_w))
         return window_unpartition(windows, window_h, window_w, padded, (height, width))
 
     def extra_repr(self) -> str:
-        return f"window_size={self.window_size}" if self.window_size else "global"
+        return (f"window_size={self.window_size}" if self.window_size else "global") + \
+            (", relative position biases" if self.rel_pos is not None else "")
 
 
 def window_partition(x: torch.Tensor, window_h: int, window_w: int) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -88,9 +105,11 @@ def evenly_spaced_global_blocks(depth: int, count: int = 4) -> list[int]:
 
 
 def grid_attention_blocks(blocks: Sequence[nn.Module], window_size: int = 0,
-                          global_blocks: Optional[Sequence[int]] = None) -> list[int]:
+                          global_blocks: Optional[Sequence[int]] = None,
+                          rel_pos_grid: Optional[tuple[int, int]] = None) -> list[int]:
     """Make every block's attention take the token grid (in place): window attention of `window_size` in every
-    block except `global_blocks` (default: 4 evenly spaced), global attention everywhere when `window_size` is 0.
+    block except `global_blocks` (default: 4 evenly spaced), global attention everywhere when `window_size` is 0;
+    with `rel_pos_grid` (the fine-tune token grid), relative position biases in every block.
 
     Returns the indices of the global blocks. Blocks without a timm-style `attn` (B, N, D) -> (B, N, D) module
     (e.g. ViT's parallel blocks) raise `ConfigError`, as do global block indices outside the model's depth.
@@ -111,5 +130,5 @@ def grid_attention_blocks(blocks: Sequence[nn.Module], window_size: int = 0,
                               f"attention and the token grid need timm's Block or ResPostBlock")
         if isinstance(attention, GridAttention):
             raise ValueError(f"block {index} already attends over the token grid")
-        block.attn = GridAttention(attention, 0 if index in chosen else window_size)
+        block.attn = GridAttention(attention, 0 if index in chosen else window_size, rel_pos_grid)
     return chosen

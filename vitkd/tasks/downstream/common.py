@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from vitkd.config import DownstreamConfig, Recipe, recipe_to_dict
 from vitkd.data.loader import ShardSampler, build_train_sampler, ignore_stop_signals, loader_generator
-from vitkd.downstream.backbones import DownstreamBackbone, LoadedStudent, build_backbone, load_student
+from vitkd.downstream.backbones import DownstreamBackbone, LoadedStudent, build_configured_backbone, load_student
 from vitkd.engine.distributed import DistributedContext
 from vitkd.engine.task import Task
 from vitkd.files import atomic_write
@@ -62,11 +62,7 @@ class DownstreamTask(Task):
                                                    options.drop_path_rate)
         if student.mean is not None and student.std is not None:  # the recipe states the student's normalisation
             self.student = dataclasses.replace(self.student, mean=tuple(student.mean), std=tuple(student.std))
-        size = self.config.data.size
-        return build_backbone(
-            self.student.model, options.kind, out_channels=options.out_channels, block_index=options.block_index,
-            window_size=options.window_size, global_blocks=options.global_blocks, fine_tune_size=(size, size),
-            pyramid=options.pyramid, out_indices=options.out_indices, freeze=options.freeze)
+        return build_configured_backbone(self.student.model, options, self.config.data.size)
 
     def build_loaders(self, train_collate: Callable, val_collate: Callable) -> None:
         """`train_loader` (seeded order per epoch, sharded over processes, resumable mid-epoch) and `val_loader`

@@ -48,7 +48,8 @@ class DetectionTask(DownstreamTask):
             backbone, self.num_classes, masks=self.masks, anchor_sizes=head.anchor_sizes,
             aspect_ratios=head.aspect_ratios, min_size=head.min_size or size, max_size=head.max_size or size,
             image_mean=self.student.mean, image_std=self.student.std, box_head_width=head.box_head_width,
-            mask_head_width=head.mask_head_width, box_detections_per_img=head.detections_per_img,
+            mask_head_width=head.mask_head_width, box_head=head.box_head, rpn_convs=head.rpn_convs,
+            conv_norm=head.conv_norm, box_detections_per_img=head.detections_per_img,
             **{name: getattr(head, name) for name in DETECTOR_SAMPLING_KEYS}).to(self.device)
         self.trainable = self.model
 

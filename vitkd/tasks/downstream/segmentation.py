@@ -4,8 +4,9 @@ head on a plain ViT's tokens, on ADE20K-style folders (or the bundled digit scen
 One step: images (B, 3, S, S) and label maps (B, S, S) -> logits at the input size -> cross-entropy over the labelled
 pixels. Evaluation: each validation image at its own size (a batch padded to its largest image, the padding
 ignored), the arg-max class per pixel accumulated into one confusion matrix over the whole split (summed over
-processes), then mIoU (classes absent from both prediction and ground truth left out) and pixel accuracy.
-Whole-image inference: no sliding window, no multi-scale testing.
+processes), then mIoU (classes absent from both prediction and ground truth left out) and pixel accuracy. Each
+image in one forward (`downstream.inference.mode: whole`) or in overlapping crop-sized windows (`slide`); no
+multi-scale or flip testing.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from vitkd.config import Recipe
 from vitkd.downstream.data import SegmentationCollate, SemanticFolder, dataset_paths
 from vitkd.downstream.data.digit_scenes import DIGIT_SCENES
 from vitkd.downstream.data.transforms import segmentation_transforms
-from vitkd.downstream.heads import SegmentationCrossEntropy, build_segmenter
+from vitkd.downstream.heads import SegmentationCrossEntropy, build_segmenter, sliding_window_logits
 from vitkd.downstream.metrics import ConfusionMatrix
 from vitkd.engine.amp import autocast
 from vitkd.engine.distributed import DistributedContext, mean_over_processes
@@ -79,8 +80,12 @@ class SemanticSegmentationTask(DownstreamTask):
         confusion = ConfusionMatrix(self.num_classes, self.config.data.ignore_index, self.device)
         for images, masks in tqdm(self.val_loader, desc="eval", leave=False,
                                   disable=not (self.recipe.train.progress and self.context.is_main)):
+            images = images.to(self.device, non_blocking=True)
             with autocast(self.device, amp_dtype):
-                logits = model(images.to(self.device, non_blocking=True))  # (B, C, H, W)
+                if self.config.inference.mode == "slide":
+                    logits = sliding_window_logits(model, images, *self.config.slide_window())  # (B, C, H, W)
+                else:
+                    logits = model(images)  # (B, C, H, W)
             confusion.update(logits.argmax(dim=1), masks.to(self.device))
         model.train(was_training)
         if self.context.enabled and dist.is_initialized():
