@@ -133,6 +133,30 @@ def test_cli_word_picks_the_demo(argv, expected, monkeypatch, tmp_path):
     assert calls == [(expected, {"output_dir": str(tmp_path), "epochs_scale": 0.5, "fresh": True})]
 
 
+def test_finetune_epochs_scale_lengthens_the_fine_tunes_and_reuses_the_classification_runs(
+        tmp_path, fake_train, fake_cost):
+    run_downstream_demo(str(tmp_path), epochs_scale=SCALE)
+    fake_train.clear()
+    rows = run_downstream_demo(str(tmp_path), epochs_scale=SCALE, finetune_epochs_scale=40)
+    assert sorted(fake_train) == sorted(f"{task}_{backbone}_x40" for task in ("det", "seg")
+                                        for backbone in ("untrained", "vit_plain", "vitkd"))  # no classification run
+    assert {row["epochs"] for row in rows} == {2}  # demo_det and demo_seg: 1 epoch each, x 0.05 x 40
+    out = tmp_path / "demo_downstream"
+    assert (out / "report_x40.md").is_file() and (out / "report.md").is_file()  # both budgets' reports stay
+    assert (out / "det_untrained" / "summary.json").is_file()  # and the standard budget's runs
+
+
+def test_cli_passes_finetune_epochs_scale_to_the_downstream_demo_only(monkeypatch, tmp_path, capsys):
+    import vitkd.downstream_demo
+
+    calls = []
+    monkeypatch.setattr(vitkd.downstream_demo, "run_downstream_demo", lambda **kwargs: calls.append(kwargs))
+    assert cli.main(["demo", "downstream", "--output-dir", str(tmp_path), "--finetune-epochs-scale", "3"]) == 0
+    assert calls == [{"output_dir": str(tmp_path), "epochs_scale": 1.0, "fresh": False, "finetune_epochs_scale": 3.0}]
+    assert cli.main(["demo", "--finetune-epochs-scale", "3"]) == 2
+    assert "--finetune-epochs-scale applies to `vitkd demo downstream` only" in capsys.readouterr().err
+
+
 def test_cli_refuses_an_unknown_demo(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["demo", "segmentation"])

@@ -134,6 +134,9 @@ def _add_demo(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--output-dir", default="runs", help="runs go to <output-dir>/demo/ (and demo_downstream/)")
     parser.add_argument("--epochs-scale", type=float, default=1.0,
                         help="multiply every demo recipe's epochs (e.g. 0.1 for a quick smoke run)")
+    parser.add_argument("--finetune-epochs-scale", type=float, default=None,
+                        help="downstream only: multiply the fine-tunes' epochs alone (the classification runs stay "
+                             "those of `vitkd demo`, reused)")
     parser.add_argument("--fresh", action="store_true", help="retrain every row of this demo (by default finished "
                         "rows of the same recipe are reused and interrupted ones resumed; downstream: retrains the "
                         "fine-tunes, not the classification runs)")
@@ -144,8 +147,12 @@ def _run_demo(args: argparse.Namespace) -> int:
     if args.which == "downstream":
         from vitkd.downstream_demo import run_downstream_demo
 
-        run_downstream_demo(output_dir=args.output_dir, epochs_scale=args.epochs_scale, fresh=args.fresh)
+        scale = {} if args.finetune_epochs_scale is None else {"finetune_epochs_scale": args.finetune_epochs_scale}
+        run_downstream_demo(output_dir=args.output_dir, epochs_scale=args.epochs_scale, fresh=args.fresh, **scale)
         return 0
+    if args.finetune_epochs_scale is not None:
+        raise ConfigError("--finetune-epochs-scale applies to `vitkd demo downstream` only (the classification demo "
+                          "has no fine-tunes); use --epochs-scale")
     from vitkd.demo import run_demo
 
     run_demo(output_dir=args.output_dir, epochs_scale=args.epochs_scale, fresh=args.fresh)

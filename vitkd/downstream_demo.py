@@ -9,6 +9,8 @@ same architecture as the reference, is fine-tuned for detection (`recipes/downst
 and semantic segmentation (`demo_seg.yaml`, Semantic FPN) on the bundled digit scenes, with settings that differ in
 `student.checkpoint` only. Prints a table (task, backbone, method, box AP or mIoU, params, backbone FLOPs at the
 fine-tune size, train img/s) and writes `<output-dir>/demo_downstream/report.md` and `report.json`.
+`--finetune-epochs-scale K` multiplies the fine-tunes' epochs alone: their runs and report are named with `_xK`, so
+they sit beside the standard budget's, and the classification runs are the same ones, reused.
 
 Finished fine-tunes of the same recipe are reused and interrupted ones resumed; `--fresh` retrains the fine-tunes
 (the classification runs belong to `vitkd demo`, whose `--fresh` retrains those).
@@ -98,12 +100,19 @@ def classification_run(row: DemoRow, demo_dir: Path, epochs_scale: float, extra_
     return recipe, train_or_reuse(recipe, row.builds_cache)
 
 
+def budget_suffix(finetune_epochs_scale: float) -> str:
+    """What the run names and report files of a longer (or shorter) fine-tuning budget end with: "" at 1, else
+    e.g. "_x4", so runs of several budgets live side by side."""
+    return "" if finetune_epochs_scale == 1 else f"_x{finetune_epochs_scale:g}"
+
+
 def fine_tune_recipe(fine_tune: FineTune, backbone: Backbone, student: Recipe, out_dir: Path, epochs_scale: float,
-                     extra_overrides: Sequence[str] = ()) -> Recipe:
-    """`recipes/downstream/<fine_tune.recipe>` for `backbone`, with runs under `out_dir`; the student's name and
-    kwargs are the classification student's (`student`), so the untrained reference has the same architecture."""
+                     extra_overrides: Sequence[str] = (), suffix: str = "") -> Recipe:
+    """`recipes/downstream/<fine_tune.recipe>` for `backbone`, named `<task>_<backbone><suffix>`, with runs under
+    `out_dir` and its epochs times `epochs_scale`; the student's name and kwargs are the classification student's
+    (`student`), so the untrained reference has the same architecture."""
     raw = load_raw_recipe(recipes_dir() / "downstream" / fine_tune.recipe)
-    raw["name"] = f"{fine_tune.short}_{backbone.key}"
+    raw["name"] = f"{fine_tune.short}_{backbone.key}{suffix}"
     kwargs = {key: value for key, value in student.student.kwargs.items() if key != "drop_path_rate"}
     raw["student"] = {**raw.get("student", {}), "name": student.student.name, "kwargs": kwargs,
                       "checkpoint": backbone.checkpoint}
@@ -166,14 +175,18 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def run_downstream_demo(output_dir: str = "runs", epochs_scale: float = 1.0, fresh: bool = False,
-                        extra_overrides: Sequence[str] = (), finetune_overrides: Sequence[str] = ()
-                        ) -> list[dict[str, Any]]:
+                        extra_overrides: Sequence[str] = (), finetune_overrides: Sequence[str] = (),
+                        finetune_epochs_scale: float = 1.0) -> list[dict[str, Any]]:
     """Reuse or train the two classification students, fine-tune them and an untrained one for each task, write
     the report; returns the table's rows.
 
+    `epochs_scale` multiplies every run's epochs (classification runs included, which are then other runs than the
+    classification demo's), `finetune_epochs_scale` the fine-tunes' alone (longer fine-tunes of the same students).
     `extra_overrides` (dotted `key=value`) apply to the classification runs and the fine-tunes,
     `finetune_overrides` to the fine-tunes only (e.g. `train.max_steps_per_epoch=1` for a smoke run).
     """
+    if finetune_epochs_scale <= 0:
+        raise ConfigError(f"--finetune-epochs-scale must be > 0, got {finetune_epochs_scale:g}")
     demo_dir = Path(output_dir) / "demo"
     out_dir = Path(output_dir) / "demo_downstream"
     if fresh and out_dir.exists():
@@ -195,7 +208,8 @@ def run_downstream_demo(output_dir: str = "runs", epochs_scale: float = 1.0, fre
     costs: dict[str, tuple[int, int]] = {}  # backbone architecture -> its cost: every row here shares one, counted once
     for fine_tune in FINE_TUNES:
         for backbone in backbones:
-            recipe = fine_tune_recipe(fine_tune, backbone, plain, out_dir, epochs_scale, overrides)
+            recipe = fine_tune_recipe(fine_tune, backbone, plain, out_dir, epochs_scale * finetune_epochs_scale,
+                                      overrides, budget_suffix(finetune_epochs_scale))
             print(f"[demo downstream] {fine_tune.label} from {backbone.key}: {recipe.train.epochs} epoch(s)")
             summary = fine_tune_or_reuse(recipe, fine_tune.metrics[0])
             architecture = json.dumps([recipe.student.name, recipe.student.kwargs, recipe.downstream.backbone,
@@ -224,9 +238,10 @@ def run_downstream_demo(output_dir: str = "runs", epochs_scale: float = 1.0, fre
               "the task head. Train img/s on this machine's CPU. The budgets are tiny (sized for a 10-minute demo "
               "on 2 CPU cores): read the rows against the untrained reference, not as converged results.\n\n"
               + table + "\n")
-    atomic_write(out_dir / "report.md", report)
-    atomic_write(out_dir / "report.json", json.dumps(rows, indent=2))
+    suffix = budget_suffix(finetune_epochs_scale)
+    atomic_write(out_dir / f"report{suffix}.md", report)
+    atomic_write(out_dir / f"report{suffix}.json", json.dumps(rows, indent=2))
     print()
     print(table)
-    print(f"\nreport: {out_dir / 'report.md'}")
+    print(f"\nreport: {out_dir / f'report{suffix}.md'}")
     return rows
