@@ -162,3 +162,18 @@ def test_cli_refuses_an_unknown_demo(capsys):
         cli.main(["demo", "segmentation"])
     assert exit_info.value.code == 2
     assert "invalid choice: 'segmentation'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("run", ["det_untrained", "vit_plain"])
+def test_a_run_of_another_recipe_in_the_way_is_refused_not_overwritten(tmp_path, fake_train, fake_cost, run):
+    from vitkd.errors import ConfigError
+
+    run_downstream_demo(str(tmp_path), epochs_scale=SCALE)
+    folder = tmp_path / ("demo_downstream" if run.startswith("det_") else "demo") / run
+    config = folder / "config.yaml"
+    config.write_text(config.read_text().replace("seed: 0", "seed: 1"))  # another recipe's finished run
+    summary = (folder / "summary.json").read_text()
+    fake_train.clear()
+    with pytest.raises(ConfigError, match=rf"{run} holds a run of a different recipe; rerun the demo with --fresh"):
+        run_downstream_demo(str(tmp_path), epochs_scale=SCALE)
+    assert run not in fake_train and (folder / "summary.json").read_text() == summary

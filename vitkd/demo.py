@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from vitkd.config import Recipe, TrainConfig, dump_recipe, load_raw_recipe, load_recipe
+from vitkd.errors import ConfigError
 from vitkd.bench import ProfileRecord, TimingSettings, plot_tradeoffs, profile
 from vitkd.files import atomic_write
 from vitkd.shipped_recipes import recipes_dir
@@ -83,8 +84,11 @@ def finished_summary(recipe: Recipe, metric: str) -> Optional[dict[str, Any]]:
     return summary
 
 
-def train_or_reuse(recipe: Recipe, builds_cache: bool = False) -> dict[str, Any]:
-    """Reuse a finished run of the same recipe, resume an interrupted one, else train from scratch.
+def train_or_reuse(recipe: Recipe, builds_cache: bool = False, metric: str = "top1", tag: str = "demo"
+                   ) -> dict[str, Any]:
+    """Reuse a finished run of the same recipe (its summary records `metric`), resume an interrupted one, else train
+    from scratch. A run directory holding another recipe's run, finished or not, is refused (nothing finished is
+    overwritten): `--fresh` retrains. `tag` prefixes the progress lines.
 
     With `builds_cache`, the teacher's sparse-logit cache is written (or completed) first; a finished cache is reused.
     """
@@ -92,20 +96,21 @@ def train_or_reuse(recipe: Recipe, builds_cache: bool = False) -> dict[str, Any]
     from vitkd.training import train
 
     run_dir = recipe.run_dir
-    summary = finished_summary(recipe, "top1")
+    summary = finished_summary(recipe, metric)
     if summary is not None:
-        print(f"[demo] reusing finished run {run_dir}")
+        print(f"[{tag}] reusing finished run {run_dir}")
         return summary
-    same_recipe = (run_dir / "config.yaml").is_file() and (run_dir / "config.yaml").read_text() == dump_recipe(recipe)
+    config = run_dir / "config.yaml"
+    same_recipe = config.is_file() and config.read_text() == dump_recipe(recipe)
+    if not same_recipe and ((run_dir / "checkpoints" / "last.pt").is_file() or (run_dir / "summary.json").is_file()):
+        raise ConfigError(f"{run_dir} holds a run of a different recipe; rerun the demo with --fresh to retrain it")
     if builds_cache:
         topk = recipe.teacher.cache_topk
-        print(f"[demo] caching the teacher's {f'top-{topk}' if topk else 'top-K (default K)'} logits in "
+        print(f"[{tag}] caching the teacher's {f'top-{topk}' if topk else 'top-K (default K)'} logits in "
               f"{recipe.teacher.cache}")
         build_logit_cache(recipe, progress=recipe.train.progress)
     if (run_dir / "checkpoints" / "last.pt").is_file():
-        if not same_recipe:
-            raise ValueError(f"{run_dir} holds a run of a different recipe; rerun the demo with --fresh to retrain")
-        print(f"[demo] resuming {run_dir}")
+        print(f"[{tag}] resuming {run_dir}")
         return train(recipe, resume=True)
     return train(recipe)
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from vitkd.config import Recipe, TrainConfig, dump_recipe, load_raw_recipe, load_recipe
+from vitkd.config import Recipe, TrainConfig, load_raw_recipe, load_recipe
 from vitkd.demo import DEMO_ROWS, DemoRow, demo_recipe, finished_summary, train_or_reuse
 from vitkd.errors import ConfigError
 from vitkd.files import atomic_write
@@ -122,25 +122,6 @@ def fine_tune_recipe(fine_tune: FineTune, backbone: Backbone, student: Recipe, o
     return resolve_recipe(load_recipe(raw=raw, overrides=extra_overrides))
 
 
-def fine_tune_or_reuse(recipe: Recipe, metric: str) -> dict[str, Any]:
-    """Reuse a finished fine-tune of the same recipe, resume an interrupted one, else train it."""
-    from vitkd import training
-
-    summary = finished_summary(recipe, metric)
-    if summary is not None:
-        print(f"[demo downstream] reusing finished run {recipe.run_dir}")
-        return summary
-    run_dir = recipe.run_dir
-    if (run_dir / "checkpoints" / "last.pt").is_file():
-        if (run_dir / "config.yaml").read_text() != dump_recipe(recipe):
-            raise ConfigError(f"{run_dir} holds a fine-tune of a different recipe; rerun with --fresh to retrain it")
-        print(f"[demo downstream] resuming {run_dir}")
-        return training.train(recipe, resume=True)
-    if (run_dir / "summary.json").is_file():
-        raise ConfigError(f"{run_dir} holds a finished fine-tune of a different recipe; rerun with --fresh")
-    return training.train(recipe)
-
-
 def backbone_cost(recipe: Recipe) -> tuple[int, int]:
     """(parameters, forward FLOPs of one image at the fine-tune size) of the recipe's backbone: the student body
     and its pyramid or FPN, without the task head (whose cost depends on the proposals). Random weights: the
@@ -211,7 +192,7 @@ def run_downstream_demo(output_dir: str = "runs", epochs_scale: float = 1.0, fre
             recipe = fine_tune_recipe(fine_tune, backbone, plain, out_dir, epochs_scale * finetune_epochs_scale,
                                       overrides, budget_suffix(finetune_epochs_scale))
             print(f"[demo downstream] {fine_tune.label} from {backbone.key}: {recipe.train.epochs} epoch(s)")
-            summary = fine_tune_or_reuse(recipe, fine_tune.metrics[0])
+            summary = train_or_reuse(recipe, metric=fine_tune.metrics[0], tag="demo downstream")
             architecture = json.dumps([recipe.student.name, recipe.student.kwargs, recipe.downstream.backbone,
                                        recipe.downstream.data.size], sort_keys=True, default=str)
             cost = costs.get(architecture) or costs.setdefault(architecture, backbone_cost(recipe))
