@@ -268,12 +268,13 @@ class DownstreamHeadConfig:
     fine-tune size `downstream.data.size`, both), `detections_per_img`, the widths `box_head_width` /
     `mask_head_width` (torchvision's 1024 / 256), `box_head` `2mlp` (torchvision's) or `4conv1fc` (ViTDet's: four
     3x3 convs then one fully connected layer), `rpn_convs` (3x3 convs in the RPN head; ViTDet 2), `conv_norm` `none`
-    or `layernorm` (after the box and mask heads' convs; ViTDet's "LN"), and how many proposals and samples the detector keeps, under
-    torchvision's names and with its defaults: `rpn_pre_nms_top_n_train` / `_test` (2000 / 1000 anchors per level
-    before NMS), `rpn_post_nms_top_n_train` / `_test` (2000 / 1000 proposals after it), `rpn_batch_size_per_image`
-    (256 anchors sampled for the RPN loss) and `box_batch_size_per_image` (512 proposals sampled for the RoI heads;
-    scenes with a few objects need far fewer, and the RoI-Align backward scales with it). Semantic segmentation: `name` `semantic_fpn` (Kirillov et al.,
-    `channels` wide) or `linear` (a linear map of the ViT's tokens; needs `backbone.pyramid: false`), `dropout`.
+    or `layernorm` (after the box and mask heads' convs; ViTDet's "LN"), and how many proposals and samples the
+    detector keeps, under torchvision's names and with its defaults: `rpn_pre_nms_top_n_train` / `_test` (2000 /
+    1000 anchors per level before NMS), `rpn_post_nms_top_n_train` / `_test` (2000 / 1000 proposals after it),
+    `rpn_batch_size_per_image` (256 anchors sampled for the RPN loss) and `box_batch_size_per_image` (512 proposals
+    sampled for the RoI heads; scenes with a few objects need far fewer, and the RoI-Align backward scales with it).
+    Semantic segmentation: `name` `semantic_fpn` (Kirillov et al., `channels` wide) or `linear` (a linear map of the
+    ViT's tokens; needs `backbone.pyramid: false`), `dropout`.
     """
 
     name: Literal["semantic_fpn", "linear"] = "semantic_fpn"

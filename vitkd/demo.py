@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from vitkd.config import Recipe, TrainConfig, dump_recipe, load_raw_recipe, load_recipe
-from vitkd.errors import ConfigError
 from vitkd.bench import ProfileRecord, TimingSettings, plot_tradeoffs, profile
+from vitkd.errors import ConfigError
 from vitkd.files import atomic_write
 from vitkd.shipped_recipes import recipes_dir
 from vitkd.tasks import resolve_recipe

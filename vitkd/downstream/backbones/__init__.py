@@ -1,5 +1,6 @@
 """Distilled students as detection and segmentation backbones: ViTDet's simple feature pyramid for plain ViTs
-(with optional window attention and relative position biases), torchvision's FPN for hierarchical models, layer ids for layer-wise lr decay."""
+(with optional window attention and relative position biases), torchvision's FPN for hierarchical models, layer
+ids for layer-wise lr decay."""
 
 from vitkd.downstream.backbones.base import DownstreamBackbone
 from vitkd.downstream.backbones.build import BACKBONE_KINDS, build_backbone, build_configured_backbone

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence
 
-from torchvision.models.detection import FasterRCNN, MaskRCNN
 from timm.layers import LayerNorm2d
+from torchvision.models.detection import FasterRCNN, MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
